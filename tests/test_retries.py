@@ -1,0 +1,77 @@
+"""One retry policy: 429 (honouring Retry-After), 408/409/5xx and broken connections."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinker_async import (
+    BadRequestError,
+    InternalServerError,
+    RateLimitError,
+    RestClient,
+    RetryPolicy,
+)
+from tinker_async.local import LocalServer
+
+
+def _client(srv: LocalServer, key: str, retries: int = 4) -> RestClient:
+    return RestClient(base_url=srv.url, api_key=key,
+                      retry=RetryPolicy(max_retries=retries, max_429_retries=retries,
+                                        base_delay=0.01, max_delay=0.05))
+
+
+def test_429_with_retry_after_is_retried(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/training_runs$", status=429, count=2, retry_after=0.05)
+    page = _client(fresh_server, api_key).list_training_runs().result(10)
+    assert page.training_runs is not None
+    assert fresh_server.count(r"/training_runs$") == 3
+
+
+@pytest.mark.parametrize("status", [408, 409, 500, 502, 503])
+def test_transient_statuses_are_retried(fresh_server: LocalServer, api_key: str, status: int) -> None:
+    fresh_server.faults.add(r"/training_runs$", status=status, count=3)
+    _client(fresh_server, api_key).list_training_runs().result(10)
+    assert fresh_server.count(r"/training_runs$") == 4
+
+
+def test_retries_run_out(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/training_runs$", status=503, count=10)
+    with pytest.raises(InternalServerError):
+        _client(fresh_server, api_key, retries=2).list_training_runs().result(10)
+    assert fresh_server.count(r"/training_runs$") == 3
+
+
+def test_client_errors_are_not_retried(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/training_runs$", status=400, count=5)
+    with pytest.raises(BadRequestError):
+        _client(fresh_server, api_key).list_training_runs().result(10)
+    assert fresh_server.count(r"/training_runs$") == 1
+
+
+def test_dropped_connection_is_retried(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/training_runs$", drop_connection=True, count=2)
+    _client(fresh_server, api_key).list_training_runs().result(10)
+    assert fresh_server.count(r"/training_runs$") >= 3
+
+
+def test_idempotency_key_is_kept_across_retries(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/cleanup_futures$", status=503, count=2)
+    _client(fresh_server, api_key).cleanup_futures(1).result(10)
+    posts = [r for r in fresh_server.requests if r.path.endswith("/cleanup_futures")]
+    assert len(posts) == 3
+    keys = {r.headers.get("X-Idempotency-Key") for r in posts}
+    assert len(keys) == 1 and None not in keys
+    assert [r.headers.get("x-stainless-retry-count") for r in posts] == [None, "1", "2"]
+
+
+def test_retry_after_beyond_cap_falls_back_to_backoff(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/training_runs$", status=429, count=1, retry_after=3600)
+    _client(fresh_server, api_key).list_training_runs().result(10)
+    assert fresh_server.count(r"/training_runs$") == 2
+
+
+def test_rate_limit_error_after_retries(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/training_runs$", status=429, count=5, retry_after=0.01)
+    with pytest.raises(RateLimitError):
+        _client(fresh_server, api_key, retries=1).list_training_runs().result(10)
+    assert fresh_server.count(r"/training_runs$") == 2

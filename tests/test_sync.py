@@ -1,0 +1,145 @@
+"""The sync forms: where work runs, blocking inside loops, moving homes, threads and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import warnings
+from collections.abc import Callable
+
+import pytest
+
+from tinker_async import APIFuture, RestClient
+from tinker_async._api_future import BlockingCallWarning
+from tinker_async.local import LocalServer
+
+
+def test_sync_form_returns_future_with_result(server: LocalServer, api_key: str) -> None:
+    client = RestClient(base_url=server.url, api_key=api_key)
+    fut = client.list_training_runs(limit=5)
+    assert isinstance(fut, APIFuture)
+    page = fut.result(10)
+    assert fut.done()
+    assert page.cursor is None or page.cursor.limit == 5
+    assert isinstance(fut.future(), concurrent.futures.Future)
+
+
+@pytest.mark.anyio
+async def test_sync_future_is_awaitable_in_async_code(server: LocalServer, api_key: str) -> None:
+    client = RestClient(base_url=server.url, api_key=api_key)
+    runs = await client.list_training_runs(limit=3)  # plain method, awaited (cookbook style)
+    again = await client.list_training_runs(limit=3).result_async(10)
+    both = await asyncio.gather(client.list_training_runs().coroutine(),
+                                client.list_training_runs_async())
+    assert runs.training_runs == again.training_runs
+    assert len(both) == 2
+
+
+@pytest.mark.anyio
+async def test_blocking_result_inside_running_loop_warns_once_and_works(
+    server: LocalServer, api_key: str
+) -> None:
+    import tinker_async._api_future as af
+
+    af._warned_blocking = False
+    client = RestClient(base_url=server.url, api_key=api_key)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = client.list_training_runs().result(10)   # home is the background loop
+        second = client.list_training_runs().result(10)
+    assert first.training_runs == second.training_runs
+    blocking = [w for w in caught if issubclass(w.category, BlockingCallWarning)]
+    assert len(blocking) == 1
+    assert blocking[0].filename == __file__  # points at the caller's line
+
+
+@pytest.mark.anyio
+async def test_blocking_on_the_home_loop_refuses_instead_of_deadlocking(
+    server: LocalServer, api_key: str
+) -> None:
+    client = RestClient(base_url=server.url, api_key=api_key)
+    await client.list_training_runs_async()  # this loop becomes the client's home
+    fut = client.list_training_runs()
+    with pytest.raises(RuntimeError, match="await"):
+        fut.result(5)
+    assert (await fut).training_runs is not None
+
+
+def test_home_moves_when_its_loop_ends(server: LocalServer, api_key: str) -> None:
+    client = RestClient(base_url=server.url, api_key=api_key)
+    for _ in range(3):  # scripts call asyncio.run several times
+        page = asyncio.run(client.list_training_runs_async(limit=2))
+        assert page.training_runs is not None
+    assert client.list_training_runs().result(10).training_runs is not None
+
+
+def test_calls_from_other_threads_and_loops_hop_home(server: LocalServer, api_key: str) -> None:
+    client = RestClient(base_url=server.url, api_key=api_key)
+    client.list_training_runs().result(10)  # home: the background loop
+    results: list[object] = []
+
+    def worker() -> None:
+        results.append(asyncio.run(client.list_training_runs_async()))
+        results.append(client.list_training_runs().result(10))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 8
+
+
+def test_cancel_and_timeout(fresh_server: LocalServer, api_key: str) -> None:
+    fresh_server.faults.add(r"/training_runs$", delay_s=2.0)
+    client = RestClient(base_url=fresh_server.url, api_key=api_key)
+    fut = client.list_training_runs()
+    with pytest.raises(TimeoutError):
+        fut.result(timeout=0.1)
+    assert fut.cancel()
+    assert fut.cancelled() and fut.done()
+
+
+def test_forked_child_uses_parents_sync_client(server: LocalServer, api_key: str,
+                                               run_script: Callable[..., str]) -> None:
+    out = run_script(f"""
+import os, sys
+from tinker_async import RestClient
+client = RestClient(base_url={server.url!r}, api_key={api_key!r})
+print("parent", len(client.list_training_runs().result(10).training_runs) >= 0)
+pid = os.fork()
+if pid == 0:
+    try:
+        ok = client.list_training_runs().result(10).training_runs is not None
+        print("child", ok, flush=True)
+        os._exit(0 if ok else 1)
+    except BaseException as exc:
+        print("child failed", repr(exc), flush=True)
+        os._exit(1)
+_, status = os.waitpid(pid, 0)
+print("child status", status)
+print("parent again", client.list_training_runs().result(10).training_runs is not None)
+""", timeout=60)
+    assert "child True" in out
+    assert "child status 0" in out
+    assert "parent again True" in out
+
+
+def test_exit_with_requests_in_flight_is_clean(fresh_server: LocalServer, api_key: str,
+                                               run_script: Callable[..., str]) -> None:
+    fresh_server.faults.add(r"/training_runs$", delay_s=5.0, count=20)
+    out = run_script(f"""
+from tinker_async import ServiceClient
+client = ServiceClient(base_url={fresh_server.url!r}, api_key={api_key!r})
+client.connect().result(10)
+rest = client.create_rest_client()
+futures = [rest.list_training_runs() for _ in range(20)]
+print("leaving with", sum(not f.done() for f in futures), "in flight")
+""", timeout=60)
+    assert "leaving with 20 in flight" in out
+    assert "Traceback" not in out
+    assert "Unclosed" not in out
+    assert "Task was destroyed" not in out
+    # the session left open was finished at exit
+    assert fresh_server.count(r"/sessions/.+/finish$") == 1

@@ -1,0 +1,174 @@
+"""tinker_async: an asyncio-native client for the Tinker training API, with sync forms.
+
+Drop-in for the official SDK's public names (``import tinker_async as tinker``)::
+
+    import tinker_async as tinker
+
+    service = tinker.ServiceClient(base_url=..., api_key=...)
+    training = await service.create_lora_training_client_async("local/byte-lm", rank=8)
+    fb = await training.forward_backward_async(batch, "cross_entropy")
+    await training.optim_step_async(tinker.AdamParams(learning_rate=1e-3))
+    print((await fb).metrics)
+
+Every I/O method has an ``_async`` coroutine form and a plain form returning an
+:class:`APIFuture`. ``tinker_async.local.LocalServer`` runs a Tinker-compatible server with
+a small numpy model on your machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+from . import types
+from ._api_future import APIFuture, BlockingCallWarning, ClientFuture
+from ._config import RetryPolicy
+from ._version import __version__
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    BillingError,
+    ClientClosedError,
+    ConfigurationError,
+    ConflictError,
+    InternalServerError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestFailedError,
+    SessionExpiredError,
+    TinkerError,
+    UnprocessableEntityError,
+)
+from .paths import InvalidPathError
+from .rest import AdminClient, RestClient
+from .sampling import SamplingClient
+from .service import ServiceClient
+from .training import TrainingClient
+from .types import (
+    AdamParams,
+    Checkpoint,
+    CheckpointType,
+    Datum,
+    DmelChunk,
+    EncodedTextChunk,
+    ForwardBackwardOutput,
+    ImageAssetPointerChunk,
+    ImageChunk,
+    LoraConfig,
+    LossFnType,
+    ModelID,
+    ModelInput,
+    ModelInputChunk,
+    OptimStepRequest,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    PromptProvenanceSpan,
+    SampledProvenanceSpan,
+    SampledSequence,
+    SampleRequest,
+    SampleResponse,
+    SamplingParams,
+    StopReason,
+    TensorData,
+    TensorDtype,
+    TrainingRun,
+)
+
+__title__ = "tinker_async"
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIFuture",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AdamParams",
+    "AdminClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "BillingError",
+    "BlockingCallWarning",
+    "Checkpoint",
+    "CheckpointType",
+    "ClientClosedError",
+    "ClientFuture",
+    "ConfigurationError",
+    "ConflictError",
+    "Datum",
+    "DmelChunk",
+    "EncodedTextChunk",
+    "ForwardBackwardOutput",
+    "ImageAssetPointerChunk",
+    "ImageChunk",
+    "InternalServerError",
+    "InvalidPathError",
+    "InvalidRequestError",
+    "LoraConfig",
+    "LossFnType",
+    "ModelID",
+    "ModelInput",
+    "ModelInputChunk",
+    "NotFoundError",
+    "OptimStepRequest",
+    "OptimStepResponse",
+    "ParsedCheckpointTinkerPath",
+    "PermissionDeniedError",
+    "PromptProvenanceSpan",
+    "RateLimitError",
+    "RequestFailedError",
+    "RestClient",
+    "RetryPolicy",
+    "SampleRequest",
+    "SampleResponse",
+    "SampledProvenanceSpan",
+    "SampledSequence",
+    "SamplingClient",
+    "SamplingParams",
+    "ServiceClient",
+    "SessionExpiredError",
+    "StopReason",
+    "TensorData",
+    "TensorDtype",
+    "TinkerError",
+    "TrainingClient",
+    "TrainingRun",
+    "UnprocessableEntityError",
+    "__version__",
+    "install_as_tinker",
+    "types",
+]
+
+
+def install_as_tinker() -> None:
+    """Make ``import tinker`` (and the submodules real code imports) give tinker_async.
+
+    For running code written for the official SDK unchanged, in a process where the
+    official ``tinker`` package should not be used::
+
+        import tinker_async; tinker_async.install_as_tinker()
+        import tinker  # -> tinker_async
+    """
+    this = sys.modules[__name__]
+    lib = ModuleType("tinker.lib")
+    public = ModuleType("tinker.lib.public_interfaces")
+    for name in ("APIFuture", "RestClient", "AdminClient", "ServiceClient", "TrainingClient",
+                 "SamplingClient"):
+        setattr(public, name, getattr(this, name))
+    lib.public_interfaces = public  # type: ignore[attr-defined]
+    modules = {
+        "tinker": this,
+        "tinker.types": types,
+        "tinker.lib": lib,
+        "tinker.lib.public_interfaces": public,
+    }
+    for sub in ("tensor_data", "datum", "model_input", "sampling_params", "loss_fn_type"):
+        modules[f"tinker.types.{sub}"] = types
+    sys.modules.update(modules)

@@ -1,0 +1,242 @@
+"""APIFuture: the handle the sync forms return, usable from sync and async code alike.
+
+An APIFuture wraps work running as a task on a client's home loop. It is backed by a
+``concurrent.futures.Future`` so that any thread can block on it, and it remembers the
+home loop so that code *on* that loop awaits the task directly (no thread hop) and is
+refused, clearly, when it would block the very loop the work needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import warnings
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar
+
+__all__ = ["APIFuture", "BlockingCallWarning", "ClientFuture"]
+
+T = TypeVar("T")
+
+
+class BlockingCallWarning(RuntimeWarning):
+    """A blocking ``.result()`` was called inside a running event loop."""
+
+
+_warned_blocking = False
+_warn_lock = threading.Lock()
+
+
+def _warn_blocking_once() -> None:
+    """Warn the first time a blocking result() runs inside a running event loop."""
+    global _warned_blocking
+    with _warn_lock:
+        if _warned_blocking:
+            return
+        _warned_blocking = True
+    # stacklevel 3: the user's line that called .result()
+    warnings.warn(
+        "APIFuture.result() blocks this thread's running event loop until the work is done; "
+        "use `await future` (or `await x_async(...)`) inside async code. This warning is "
+        "shown once.",
+        BlockingCallWarning,
+        stacklevel=3,
+    )
+
+
+def _reset_after_fork() -> None:
+    global _warned_blocking, _warn_lock
+    _warned_blocking = False
+    _warn_lock = threading.Lock()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class APIFuture(Generic[T]):
+    """The pending result of a call.
+
+    ``await fut`` or ``await fut.result_async(timeout)`` in async code, ``fut.result(timeout)``
+    in sync code. ``done()``, ``cancel()`` (cancels the work, and the server request where
+    the server allows), ``future()`` for a ``concurrent.futures.Future`` and ``coroutine()``
+    for APIs that need a real coroutine. An exception raised by the work is never lost: it
+    is raised by whichever of these reads the result.
+    """
+
+    __slots__ = ("__weakref__", "_cf", "_loop", "_task")
+
+    def __init__(
+        self,
+        cf: concurrent.futures.Future[T],
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Future[T] | None = None,
+    ) -> None:
+        self._cf = cf
+        self._loop = loop
+        self._task = task
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def _from_task(cls, task: asyncio.Future[T], loop: asyncio.AbstractEventLoop) -> APIFuture[T]:
+        """Wrap a task of ``loop`` (called on that loop's thread)."""
+        cf: concurrent.futures.Future[T] = concurrent.futures.Future()
+        cf.set_running_or_notify_cancel()
+
+        def copy_outcome(t: asyncio.Future[T]) -> None:
+            if t.cancelled():
+                cf.cancel()
+            elif (exc := t.exception()) is not None:
+                cf.set_exception(exc)
+            else:
+                cf.set_result(t.result())
+
+        def propagate_cancel(f: concurrent.futures.Future[T]) -> None:
+            if f.cancelled() and not task.done() and not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+
+        task.add_done_callback(copy_outcome)
+        cf.add_done_callback(propagate_cancel)
+        return cls(cf, loop, task)
+
+    @classmethod
+    def _from_threadsafe(
+        cls, coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+    ) -> APIFuture[T]:
+        """Schedule ``coro`` on ``loop`` from another thread."""
+        return cls(asyncio.run_coroutine_threadsafe(coro, loop), loop)
+
+    @classmethod
+    def completed(cls, value: T) -> APIFuture[T]:
+        """An already-finished future (for values known locally)."""
+        cf: concurrent.futures.Future[T] = concurrent.futures.Future()
+        cf.set_result(value)
+        return cls(cf, _running_loop() or asyncio.get_event_loop_policy().get_event_loop())
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _on_owner_thread(self) -> bool:
+        return _running_loop() is self._loop
+
+    def result(self, timeout: float | None = None) -> T:
+        """Block until the result is ready and return it (or raise the work's error).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds; the work goes on (cancel it with
+        :meth:`cancel`). On the thread of the loop that runs the work this would deadlock,
+        so it raises ``RuntimeError`` unless the result is already there: use ``await``.
+        """
+        if self._cf.done():
+            return self._cf.result()
+        running = _running_loop()
+        if running is not None:
+            if running is self._loop:
+                raise RuntimeError(
+                    "result() called on the event loop that runs this work: it would never "
+                    "finish. Use `await future` (or the `_async` method) here instead."
+                )
+            _warn_blocking_once()
+        try:
+            return self._cf.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"the result was not ready within {timeout} s") from None
+
+    async def result_async(self, timeout: float | None = None) -> T:
+        """Await the result. A ``timeout`` (seconds) cancels the work and raises TimeoutError."""
+        if self._cf.done():
+            return self._cf.result()
+        awaitable: asyncio.Future[T]
+        if self._task is not None and self._on_owner_thread():
+            awaitable = self._task
+        else:
+            awaitable = asyncio.wrap_future(self._cf)
+        if timeout is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the result was not ready within {timeout} s") from None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.result_async().__await__()
+
+    async def coroutine(self) -> T:
+        """A coroutine that returns the result (for ``asyncio.create_task`` and friends)."""
+        return await self.result_async()
+
+    def future(self) -> concurrent.futures.Future[T]:
+        """The underlying ``concurrent.futures.Future``; cancelling it cancels the work."""
+        return self._cf
+
+    def done(self) -> bool:
+        """True once the result (or an error) is there."""
+        return self._cf.done()
+
+    def cancel(self) -> bool:
+        """Cancel the work. Returns False if it had already finished."""
+        if self._cf.done():
+            return False
+        if self._task is not None:
+            if self._on_owner_thread():
+                self._task.cancel()
+            elif not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        return self._cf.cancel()
+
+    def cancelled(self) -> bool:
+        return self._cf.cancelled()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The work's exception (or None), waiting like :meth:`result`."""
+        try:
+            self.result(timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            if not self._cf.done():
+                raise exc from None
+        except BaseException:
+            pass
+        return self._cf.exception(0)
+
+    def add_done_callback(self, fn: Callable[[APIFuture[T]], object]) -> None:
+        """Call ``fn(self)`` when done (on the thread that completes the work)."""
+        self._cf.add_done_callback(lambda _cf: fn(self))
+
+    def __repr__(self) -> str:
+        state = "done" if self._cf.done() else "pending"
+        return f"<APIFuture {state}>"
+
+
+class ClientFuture(APIFuture[T]):
+    """The future of a client-creating call, which also stands in for the client.
+
+    Code written for SDKs before 0.38 uses the result of ``create_lora_training_client()``
+    (and friends) as the client itself. Attribute access on this future waits for the
+    client and forwards to it, with a one-time FutureWarning saying to call ``.result()``.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        _warn_client_future_once()
+        return getattr(self.result(), name)
+
+
+_warned_client_future = False
+
+
+def _warn_client_future_once() -> None:
+    global _warned_client_future
+    if not _warned_client_future:
+        _warned_client_future = True
+        warnings.warn(
+            "Using the future returned by a create_*_client() call as the client is "
+            "deprecated; call .result() (or await it) to get the client.",
+            FutureWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,239 @@
+"""Settings: base URL, API key, project, timeouts and the retry policy, in one place.
+
+Values come from arguments first, then the environment (``TINKER_BASE_URL``,
+``TINKER_API_KEY``, ``TINKER_PROJECT_ID``; ``TWINKLE_SERVER_URL`` / ``TWINKLE_SERVER_TOKEN``
+for Twinkle servers), then defaults. Everything is checked here, before any request, so a
+bad setting is a :class:`ConfigurationError` that says what to fix, not a late 401.
+
+The API key is held in a :class:`Secret`: its ``repr`` is masked and it refuses to be
+pickled, so it cannot leak through a log line, a traceback or a pickled client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
+#: The official SDK version whose wire protocol we speak; servers choose flags by it.
+PROTOCOL_SDK_VERSION = "0.38.0"
+
+#: Defaults, all in one place (openai-python's ``_constants.py`` habit).
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_MAX_RETRIES = 4
+DEFAULT_RETRY_BASE_DELAY = 0.25
+DEFAULT_RETRY_MAX_DELAY = 8.0
+DEFAULT_RETRY_AFTER_CAP = 60.0
+DEFAULT_CALL_DEADLINE = 300.0
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+DEFAULT_POLL_TIMEOUT = 45.0
+DEFAULT_CONNECTION_LIMIT = 4096
+DEFAULT_KEEPALIVE = 30.0
+
+_OFFICIAL_HOST_SUFFIX = ".thinkingmachines.dev"
+_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: must fit in a header
+
+
+class Secret:
+    """A string that never shows itself: masked ``repr``/``str``, and not picklable."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """The secret value itself. Call it only where the value is sent."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "API keys are never pickled; the unpickling process reads TINKER_API_KEY "
+            "from its own environment"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to retry.
+
+    Retried: connection errors, timeouts, 408, 409 (lock timeouts), 429 and 5xx. The wait
+    is exponential from ``base_delay`` with full jitter, capped at ``max_delay``; a
+    ``Retry-After`` / ``retry-after-ms`` header up to ``retry_after_cap`` replaces it.
+    No attempt starts after ``deadline`` seconds from the first one.
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    #: 429s are flow control, not failure: they have their own, larger budget
+    max_429_retries: int = 16
+    base_delay: float = DEFAULT_RETRY_BASE_DELAY
+    max_delay: float = DEFAULT_RETRY_MAX_DELAY
+    retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP
+    deadline: float = DEFAULT_CALL_DEADLINE
+    retry_statuses: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+    def should_retry_status(self, status: int) -> bool:
+        return status in self.retry_statuses or status >= 500
+
+    def replace(self, **changes: Any) -> RetryPolicy:
+        return dataclasses.replace(self, **changes)
+
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ClientConfig:
+    """Resolved settings for one client (and the clients it creates)."""
+
+    base_url: str
+    api_key: Secret
+    project_id: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    retry: RetryPolicy = RetryPolicy()
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT
+    connection_limit: int = DEFAULT_CONNECTION_LIMIT
+    default_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    dialect: str | None = None
+    route_prefix: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientConfig(base_url={self.base_url!r}, api_key=***, "
+            f"project_id={self.project_id!r}, dialect={self.dialect!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled without the key; the other process resolves it from its environment.
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del state["api_key"]
+        return (_unpickle_config, (state,))
+
+    def replace(self, **changes: Any) -> ClientConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _unpickle_config(state: dict[str, Any]) -> ClientConfig:
+    key = _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
+    if key is None:
+        raise ConfigurationError(
+            "This client was pickled without its API key (keys are never pickled). "
+            "Set TINKER_API_KEY in the environment of the process that unpickles it."
+        )
+    return ClientConfig(api_key=Secret(check_api_key(key, state["base_url"])), **state)
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value.strip() if value and value.strip() else None
+
+
+def check_base_url(url: str) -> str:
+    """Validate a base URL and return it without a trailing slash."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(
+            "The base URL is empty. Pass base_url=... or set TINKER_BASE_URL, "
+            "e.g. http://127.0.0.1:8000"
+        )
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"The base URL {url!r} is not an http(s) URL with a host; "
+            "expected something like http://127.0.0.1:8000 or https://host/prefix"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"The base URL {url!r} must not contain a query or fragment"
+        )
+    try:
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise ConfigurationError(f"The base URL {url!r} has an invalid port") from None
+    return url.rstrip("/")
+
+
+def check_api_key(key: str, base_url: str) -> str:
+    """Validate an API key's form (never its value: that is the server's job)."""
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigurationError(
+            "No API key. Pass api_key=... or set TINKER_API_KEY "
+            "(for the embedded server, use LocalServer().api_key)."
+        )
+    key = key.strip()
+    if not _KEY_CHARS.match(key):
+        raise ConfigurationError(
+            "The API key contains spaces or non-ASCII/control characters, so it cannot be "
+            "sent in a header; check for a stray newline or quote around it."
+        )
+    host = urlsplit(base_url).hostname or ""
+    if host.endswith(_OFFICIAL_HOST_SUFFIX) and not key.startswith(("tml-", "eyJ")):
+        raise ConfigurationError(
+            "Tinker API keys start with 'tml-' (or are JWTs starting 'eyJ'); the key given "
+            "does not. Copy it again from the Tinker console."
+        )
+    return key
+
+
+def resolve_config(
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    project_id: str | None = None,
+    dialect: str | None = None,
+    **options: Any,
+) -> ClientConfig:
+    """Build a :class:`ClientConfig` from arguments, then the environment, then defaults."""
+    twinkle_env = _env("TWINKLE_SERVER_URL")
+    url = base_url if base_url is not None else (
+        _env("TINKER_BASE_URL") or twinkle_env or DEFAULT_BASE_URL
+    )
+    if dialect is None and base_url is None and not _env("TINKER_BASE_URL") and twinkle_env:
+        dialect = "twinkle"
+    url = check_base_url(url)
+    key = api_key if api_key is not None else (
+        _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
+    )
+    key = check_api_key(key or "", url)
+    max_retries = options.pop("max_retries", None)
+    if max_retries is not None:
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        # The convenience form bounds every kind of retry, 429s included.
+        options["retry"] = (options.get("retry") or RetryPolicy()).replace(
+            max_retries=max_retries, max_429_retries=max_retries
+        )
+    unknown = set(options) - {f.name for f in dataclasses.fields(ClientConfig)}
+    if unknown:
+        raise ConfigurationError(f"Unknown client option(s): {', '.join(sorted(unknown))}")
+    for name in ("timeout", "connect_timeout", "heartbeat_interval", "poll_timeout"):
+        value = options.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return ClientConfig(
+        base_url=url,
+        api_key=Secret(key),
+        project_id=project_id or _env("TINKER_PROJECT_ID"),
+        dialect=dialect,
+        **{k: v for k, v in options.items() if v is not None},
+    )

@@ -1,0 +1,100 @@
+"""What the server speaks, so that clients never branch on server kinds themselves.
+
+A :class:`Dialect` is chosen from the configuration (``dialect=`` or the Twinkle
+environment variables) and refined at the handshake: a server that answers
+``client/config`` is official 0.38 and its flags are kept here; one that answers 404 is a
+legacy JSON server (skyrl-tx, tinkercloud, hatchery, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+
+DialectName = Literal["official", "legacy", "strict", "tinkercloud", "twinkle"]
+KNOWN_DIALECTS: tuple[str, ...] = ("official", "legacy", "strict", "tinkercloud", "twinkle")
+
+#: The official SDK's fallbacks for the server-controlled flags (reference §2.9).
+DEFAULT_FLAGS: Mapping[str, Any] = {
+    "pjwt_auth_enabled": False,
+    "parallel_fwdbwd_chunks": True,
+    "proto_compress_fwdbwd": False,
+    "fwdbwd_max_chunk_len": 1024,
+    "fwdbwd_max_chunk_bytes_count": 5_000_000,
+    "sample_max_concurrent_requests": 2000,
+    "sample_use_retrieve_futures": False,
+    "sample_join_sampling_session": False,
+}
+
+
+@dataclasses.dataclass
+class Dialect:
+    """The protocol details of one server."""
+
+    name: str = "official"
+    route_prefix: str = "/api/v1"
+    #: "x-api-key" (Tinker) or "bearer" (Twinkle: Authorization + Twinkle-Authorization)
+    auth: Literal["x-api-key", "bearer"] = "x-api-key"
+    #: the server answered client/config (False until the handshake says so)
+    has_client_config: bool = False
+    #: forward_backward bodies in protobuf (else JSON, and forward at /forward)
+    protobuf: bool = True
+    #: the batch long-poll ``retrieve_futures`` is offered
+    retrieve_futures: bool = False
+    #: create-from-checkpoint as one load_weights (else create_model + load_weights)
+    create_via_load: bool = True
+    #: the server may omit sample_sequence_ids
+    sequence_ids_optional: bool = False
+    flags: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_FLAGS))
+    dynamic_flags: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def url(self, base_url: str, endpoint: str) -> str:
+        """The full URL of ``endpoint`` (e.g. ``"training_runs"``) on this server."""
+        return f"{base_url}{self.route_prefix}/{endpoint}"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        if self.auth == "bearer":
+            return {"Authorization": f"Bearer {key}", "Twinkle-Authorization": f"Bearer {key}"}
+        return {"X-API-Key": key}
+
+    def flag(self, name: str) -> Any:
+        return self.flags.get(name, DEFAULT_FLAGS.get(name))
+
+    def apply_client_config(self, flags: Mapping[str, Any]) -> None:
+        """Record the server's client/config answer (unknown flags are kept, not used)."""
+        self.has_client_config = True
+        self.flags.update(flags)
+        self.retrieve_futures = bool(self.flag("sample_use_retrieve_futures"))
+
+    def mark_legacy(self) -> None:
+        """The server has no client/config: an older JSON-only Tinker-compatible server."""
+        self.has_client_config = False
+        if self.name == "official":
+            self.name = "legacy"
+        self.protobuf = False
+        self.retrieve_futures = False
+        self.create_via_load = False
+        self.sequence_ids_optional = True
+
+
+def make_dialect(name: str | None, route_prefix: str | None = None) -> Dialect:
+    """The starting dialect for a configuration (refined later by the handshake)."""
+    name = name or "official"
+    if name not in KNOWN_DIALECTS:
+        raise ConfigurationError(
+            f"Unknown dialect {name!r}; expected one of {', '.join(KNOWN_DIALECTS)}"
+        )
+    dialect = Dialect(name=name)
+    if name == "twinkle":
+        dialect = Dialect(name=name, route_prefix="/twinkle", auth="bearer")
+        dialect.mark_legacy()
+        dialect.name = "twinkle"
+    elif name in ("legacy", "tinkercloud"):
+        dialect.mark_legacy()
+        dialect.name = name
+    if route_prefix is not None:
+        dialect.route_prefix = "/" + route_prefix.strip("/") if route_prefix.strip("/") else ""
+    return dialect

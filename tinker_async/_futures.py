@@ -1,0 +1,274 @@
+"""One poller per client family for every pending server future.
+
+Submitting a training step or a sample returns a request id; its result is fetched with
+``retrieve_future``. :class:`FuturePoller` owns that for every client of a ServiceClient:
+
+- **Batch long-poll** (the server's ``sample_use_retrieve_futures`` flag): one
+  ``retrieve_futures`` request per sampling session waits for *all* of its pending
+  samples; each completion is then fetched once. Thousands of samples in flight cost one
+  open poll, not thousands.
+- **Per-request polling** otherwise: ``retrieve_future`` long-polls, at most
+  ``max_concurrent_polls`` at a time across the family (a semaphore, not a loop per
+  future). ``try_again`` and 408 poll again at once when the server held the request,
+  and back off briefly when it answered at once (servers that do not hold, such as
+  tinkercloud's ``{"status": "pending"}``).
+
+Errors stay typed: a failed future is :class:`RequestFailedError`; a poll that the
+server refuses raises the status error itself (the official SDK wraps these in
+``ValueError``). A 410 means the promise expired: :class:`PromiseExpired` lets sampling
+resubmit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from ._config import RetryPolicy
+from ._transport import PROTOBUF, Response, Transport
+from .errors import APIError, RequestFailedError, TinkerError
+
+__all__ = ["FuturePoller", "PromiseExpired"]
+
+log = logging.getLogger("tinker_async")
+T = TypeVar("T")
+
+#: Poll requests retry transport failures themselves, patiently: the work is on the server.
+_POLL_RETRY = RetryPolicy(max_retries=8, base_delay=0.25, max_delay=5.0, deadline=600.0)
+_FAST_ANSWER_S = 0.05  # a "not yet" faster than this means the server does not hold polls
+_MAX_IDLE_WAIT_S = 1.0
+_UNCLAIMED_LIMIT = 10_000
+
+
+class PromiseExpired(TinkerError):
+    """HTTP 410 while polling: the server dropped the request; it may be resubmitted."""
+
+
+def _failure(data: dict[str, Any], request_id: str) -> RequestFailedError:
+    error = data.get("error")
+    if isinstance(error, dict):
+        error = error.get("message", error)
+    return RequestFailedError(
+        f"Request {request_id} failed on the server: {error}",
+        request_id=request_id,
+        category=str(data.get("category", "unknown")),
+    )
+
+
+class _SessionLongPoll:
+    """The ``retrieve_futures`` loop of one sampling session."""
+
+    def __init__(self, poller: FuturePoller, sampling_session_id: str, clone_id: int) -> None:
+        self.poller = poller
+        self.target = {
+            "type": "sampling_session",
+            "sampling_session_id": sampling_session_id,
+            "cloned_sampler_id": clone_id,
+        }
+        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.unclaimed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.cursor = 0
+        self.retrieved: list[str] = []
+        self.task: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+
+    def wait(self, request_id: str) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        if self.failure is not None:
+            fut.set_exception(self.failure)
+            return fut
+        done = self.unclaimed.pop(request_id, None)
+        if done is not None:
+            fut.set_result(done)
+            return fut
+        self.waiters[request_id] = fut
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.task = loop.create_task(self._run(), name="tinker-async-retrieve-futures")
+        return fut
+
+    def mark_retrieved(self, request_id: str) -> None:
+        self.retrieved.append(request_id)
+
+    async def _run(self) -> None:
+        transport = self.poller.transport
+        while self.waiters:
+            sent_ids = self.retrieved
+            self.retrieved = []
+            body = {"target": self.target, "prev_cursor": self.cursor,
+                    "retrieved_request_ids": sent_ids}
+            try:
+                resp = await transport.request(
+                    "POST", "retrieve_futures", json=body,
+                    timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
+                    ok_statuses=frozenset({408}),
+                )
+            except BaseException as exc:
+                self.retrieved = sent_ids + self.retrieved  # re-send the acks next time
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                self._fail_all(exc if isinstance(exc, Exception) else TinkerError(str(exc)))
+                return
+            if resp.status == 408:
+                continue
+            data = resp.json()
+            self.cursor = int(data.get("cursor", self.cursor))
+            for completion in data.get("completions", ()):
+                rid = completion.get("request_id")
+                fut = self.waiters.pop(rid, None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(completion)
+                else:
+                    self.unclaimed[rid] = completion
+                    while len(self.unclaimed) > _UNCLAIMED_LIMIT:
+                        self.unclaimed.popitem(last=False)
+
+    def _fail_all(self, exc: Exception) -> None:
+        self.failure = TinkerError(f"retrieve_futures polling failed: {exc}")
+        self.failure.__cause__ = exc
+        for fut in self.waiters.values():
+            if not fut.done():
+                fut.set_exception(self.failure)
+        self.waiters.clear()
+
+    def forget(self, request_id: str) -> None:
+        self.waiters.pop(request_id, None)
+
+
+class FuturePoller:
+    """Resolves the server futures of one client family."""
+
+    def __init__(self, transport: Transport, max_concurrent_polls: int = 1024) -> None:
+        self.transport = transport
+        self.max_concurrent_polls = max_concurrent_polls
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: dict[tuple[str, int], _SessionLongPoll] = {}
+        self.polls_sent = 0
+        transport.home.on_move(self._forget_loop_state)
+
+    def _forget_loop_state(self) -> None:
+        self._slots = None
+        self._sessions = {}
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots = asyncio.Semaphore(self.max_concurrent_polls)
+            self._slots_loop = loop
+        return self._slots
+
+    async def result(
+        self,
+        request_id: str,
+        request_type: str,
+        decode: Callable[[Response], T],
+        *,
+        protobuf: bool = False,
+        sampling_session: tuple[str, int] | None = None,
+        submitted_at: float | None = None,
+    ) -> T:
+        """Wait for ``request_id`` and decode its result (``decode`` gets the response).
+
+        ``sampling_session`` (id, clone id) routes the wait through that session's batch
+        long-poll when the server offers one.
+        """
+        if sampling_session is not None and self.transport.dialect.retrieve_futures:
+            session = self._sessions.get(sampling_session)
+            if session is None:
+                session = self._sessions[sampling_session] = _SessionLongPoll(self, *sampling_session)
+            try:
+                await session.wait(request_id)
+            except asyncio.CancelledError:
+                session.forget(request_id)
+                raise
+            try:
+                return await self._poll(request_id, request_type, decode, protobuf, submitted_at)
+            finally:
+                session.mark_retrieved(request_id)
+        return await self._poll(request_id, request_type, decode, protobuf, submitted_at)
+
+    async def _poll(
+        self,
+        request_id: str,
+        request_type: str,
+        decode: Callable[[Response], T],
+        protobuf: bool,
+        submitted_at: float | None,
+    ) -> T:
+        headers = {
+            "X-Tinker-Request-Type": request_type,
+            "Accept": PROTOBUF if protobuf else "application/json",
+        }
+        body = {"request_id": request_id, "allow_metadata_only": False}
+        transport = self.transport
+        idle_wait = 0.01
+        iteration = 0
+        slots = self._semaphore()
+        while True:
+            headers["X-Tinker-Request-Iteration"] = str(iteration)
+            if iteration == 0 and submitted_at is not None:
+                headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{time.time() - submitted_at:.4f}"
+            else:
+                headers.pop("X-Tinker-Create-Promise-Roundtrip-Time", None)
+            async with slots:
+                started = time.monotonic()
+                self.polls_sent += 1
+                resp = await transport.request(
+                    "POST", "retrieve_future", json=body, headers=headers,
+                    timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
+                    ok_statuses=frozenset({408, 410}),
+                )
+            iteration += 1
+            if resp.status == 410:
+                raise PromiseExpired(f"request {request_id} expired on the server (HTTP 410)")
+            if resp.status != 408 and (resp.is_protobuf or resp.status == 200):
+                outcome = self._interpret(resp, request_id)
+                if outcome is not None:
+                    return decode(outcome)
+            # Not ready. A server that held the poll can be asked again at once; one that
+            # answered at once gets a short, growing pause instead of a busy loop.
+            if time.monotonic() - started < _FAST_ANSWER_S:
+                await asyncio.sleep(idle_wait)
+                idle_wait = min(idle_wait * 2, _MAX_IDLE_WAIT_S)
+
+    @staticmethod
+    def _interpret(resp: Response, request_id: str) -> Response | None:
+        """The result response, None if not ready yet; raises for a failed future."""
+        if resp.is_protobuf:
+            return resp
+        data = resp.json()
+        if not isinstance(data, dict):
+            return resp
+        if data.get("type") == "try_again":
+            return None
+        status = data.get("status")
+        if status in ("pending", "running", "queued"):
+            return None
+        if status == "failed" or (data.get("error") is not None and "result" not in data):
+            raise _failure(data, request_id)
+        if status == "completed" and "result" in data:
+            return Response(resp.status, resp.headers, _reencode(data["result"]))
+        return resp
+
+    async def cancel(self, request_id: str) -> None:
+        """Ask the server to drop ``request_id`` (when it says it supports that)."""
+        if not self.transport.dialect.dynamic_flags.get("sample_cancel_enabled"):
+            return
+        try:
+            await self.transport.request(
+                "POST", "cancel_future", json={"request_id": request_id}, timeout=30
+            )
+        except APIError as exc:
+            log.debug("cancel_future %s failed: %s", request_id, exc)
+
+
+def _reencode(value: Any) -> bytes:
+    return msgspec.json.encode(value)

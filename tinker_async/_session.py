@@ -1,0 +1,212 @@
+"""The server session of a ServiceClient: handshake, create_session, heartbeat, finish.
+
+One :class:`Session` per ServiceClient, shared by the clients it creates. It is created
+lazily by the first call that needs it. The heartbeat runs as a task on the home loop; if
+that loop ends (``asyncio.run`` returning), the task's cancellation also closes the
+aiohttp session there, so nothing is left unclosed, and the next use starts a new
+heartbeat on the new home. A 410 from the server ends the session for good: every later
+call raises :class:`SessionExpiredError` at once instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
+from ._transport import Transport
+from .errors import APIError, NotFoundError, SessionExpiredError
+
+__all__ = ["Session"]
+
+log = logging.getLogger("tinker_async")
+
+FinishStatus = Literal["success", "errored", "interrupted"]
+_UNHEALTHY_AFTER_S = 120.0
+
+
+class Session:
+    """Handshake and the server-side session, with its heartbeat."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        tags: Sequence[str] = (),
+        user_metadata: Mapping[str, str] | None = None,
+        project_id: str | None = None,
+        display_name: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.tags = list(dict.fromkeys(tags))
+        self.user_metadata = dict(user_metadata) if user_metadata else None
+        self.project_id = project_id
+        self.display_name = display_name
+        self.id: str | None = None
+        self.handshaken = False
+        self.gone: SessionExpiredError | None = None
+        self.finished = False
+        #: False for a client that joined another's session (it must not finish it)
+        self.owned = True
+        self.heartbeats_ok = 0
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_ok = 0.0
+        transport.home.on_move(self._forget_loop_state)
+
+    def _forget_loop_state(self) -> None:
+        # Loop-bound objects die with their loop; the server session itself carries over.
+        self._heartbeat = None
+        self._lock = None
+        self._lock_loop = None
+
+    def _loop_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
+
+    def check_alive(self) -> None:
+        """Raise if the server ended this session."""
+        if self.gone is not None:
+            raise self.gone
+
+    async def handshake(self) -> None:
+        """``client/config`` then ``client/dynamic_config``; a 404 means a legacy server."""
+        if self.handshaken:
+            return
+        dialect = self.transport.dialect
+        body = {"sdk_version": PROTOCOL_SDK_VERSION}
+        if dialect.name != "twinkle":
+            try:
+                flags = (await self.transport.request("POST", "client/config", json=body)).json()
+            except NotFoundError:
+                log.info("server has no client/config: using the legacy JSON protocol")
+                dialect.mark_legacy()
+            else:
+                dialect.apply_client_config(flags if isinstance(flags, dict) else {})
+                try:
+                    dyn = await self.transport.request(
+                        "POST", "client/dynamic_config", json=body, retry=NO_RETRY, timeout=10
+                    )
+                    if isinstance(data := dyn.json(), dict):
+                        dialect.dynamic_flags.update(data)
+                except APIError as exc:  # optional endpoint; defaults apply
+                    log.debug("no client/dynamic_config (%s); using defaults", exc)
+        self.handshaken = True
+
+    async def ensure(self) -> str:
+        """The session id, creating the session (and handshake) on first use."""
+        self.check_alive()
+        if self.id is None:
+            async with self._loop_lock():
+                if self.id is None:
+                    await self.handshake()
+                    self.id = await self._create()
+        if self._heartbeat is None and not self._closing:
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._heartbeat_loop(), name="tinker-async-heartbeat"
+            )
+        return self.id
+
+    async def _create(self) -> str:
+        body: dict[str, Any] = {
+            "tags": self.tags,
+            "sdk_version": PROTOCOL_SDK_VERSION,
+            "type": "create_session",
+        }
+        if self.user_metadata is not None:
+            body["user_metadata"] = self.user_metadata
+        if self.project_id:
+            body["project_id"] = self.project_id
+        if self.display_name:
+            body["display_name"] = self.display_name
+        if self.transport.dialect.name == "twinkle":
+            body = {"metadata": self.user_metadata or {}}
+        data = (await self.transport.request("POST", "create_session", json=body)).json()
+        for level, key in ((logging.INFO, "info_message"), (logging.WARNING, "warning_message"),
+                           (logging.ERROR, "error_message")):
+            if isinstance(data, dict) and data.get(key):
+                log.log(level, "server: %s", data[key])
+        session_id = data.get("session_id") if isinstance(data, dict) else None
+        if not isinstance(session_id, str) or not session_id:
+            raise APIError(f"create_session answered without a session_id: {data!r}")
+        loop = asyncio.get_running_loop()
+        self._last_ok = loop.time()
+        return session_id
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.transport.config.heartbeat_interval
+        loop = asyncio.get_running_loop()
+        try:
+            while self.id is not None and self.gone is None:
+                await asyncio.sleep(interval)
+                await self.beat(timeout=min(interval, 10.0))
+                if loop.time() - self._last_ok > _UNHEALTHY_AFTER_S:
+                    log.warning(
+                        "no successful heartbeat for %.0f s: the server may end session %s",
+                        loop.time() - self._last_ok,
+                        self.id,
+                    )
+        finally:
+            if self._heartbeat is asyncio.current_task():
+                self._heartbeat = None
+
+    async def beat(self, timeout: float = 10.0) -> bool:
+        """Send one heartbeat. False (and the session marked gone) on 410."""
+        if self.id is None:
+            return False
+        try:
+            resp = await self.transport.request(
+                "POST",
+                "session_heartbeat",
+                json={"session_id": self.id, "type": "session_heartbeat"},
+                retry=NO_RETRY,
+                timeout=timeout,
+                ok_statuses=frozenset({410}),
+            )
+        except APIError as exc:
+            log.debug("heartbeat failed: %s", exc)
+            return True
+        if resp.status == 410:
+            self.mark_gone()
+            return False
+        self.heartbeats_ok += 1
+        self._last_ok = asyncio.get_running_loop().time()
+        return True
+
+    def mark_gone(self) -> None:
+        if self.gone is None:
+            log.warning("session %s was ended by the server (HTTP 410)", self.id)
+            self.gone = SessionExpiredError(
+                f"The server ended session {self.id} (HTTP 410: finished or expired after "
+                "missed heartbeats). Create a new ServiceClient to continue.",
+                session_id=self.id,
+            )
+
+    async def close(self, status: FinishStatus = "success", detail: str | None = None) -> None:
+        """Stop the heartbeat and tell the server the session finished (once)."""
+        self._closing = True
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None and not task.done():
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                await asyncio.gather(task, return_exceptions=True)
+        if self.id is None or self.finished or self.gone is not None or not self.owned:
+            return
+        self.finished = True
+        if self.transport.dialect.name == "twinkle":
+            return  # Twinkle sessions simply lapse; it has no finish route
+        try:
+            await self.transport.request(
+                "POST",
+                f"sessions/{self.id}/finish",
+                json={"reason": {"type": status}, "detail": detail},
+                timeout=10,
+            )
+        except APIError as exc:
+            log.info("finishing session %s failed: %s", self.id, exc)

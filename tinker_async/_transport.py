@@ -1,0 +1,436 @@
+"""The one aiohttp session of a client family: headers, auth, retries, errors.
+
+Every HTTP exchange of a ServiceClient and the clients it creates goes through one
+:class:`Transport`. It owns the aiohttp ``ClientSession`` (created lazily on the home loop,
+replaced when the home moves), builds headers once, retries in one place with ``backoff``'s
+wait generators, and turns every failure into a typed error from :mod:`tinker_async.errors`
+in one function (:func:`status_error`).
+
+Retries never apply work twice: every non-GET request carries an ``X-Idempotency-Key``
+made once per logical call and reused on each retry, and training submits also carry
+their seq id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import platform
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import aiohttp
+import backoff
+import msgspec
+
+from . import _sync
+from ._config import PROTOCOL_SDK_VERSION, ClientConfig, RetryPolicy
+from ._dialect import Dialect
+from ._sync import Home
+from ._version import __version__
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    ClientClosedError,
+    RateLimitError,
+    status_error_class,
+)
+from .types import _wire
+
+__all__ = ["Response", "Transport", "status_error"]
+
+log = logging.getLogger("tinker_async")
+T = TypeVar("T")
+
+# One encoder for every body; its hook handles TensorData, numpy values and datetimes.
+_json_encode = _wire.encode_json
+_json_decode_any = msgspec.json.Decoder().decode
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+# Abandoned aiohttp sessions (from a parent process, or a loop that ended without telling
+# us) are kept referenced so that their finalizers never run: closing a forked child's
+# copy of the parent's sockets would be wrong, and their warnings would only be noise.
+_orphans: list[aiohttp.ClientSession] = []
+
+PROTOBUF = "application/x-protobuf"
+
+
+_keepers: set[asyncio.Task[None]] = set()  # asyncio holds tasks weakly
+
+
+async def _keep_until_loop_ends(session: aiohttp.ClientSession) -> None:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        if not session.closed:
+            await session.close()
+        raise
+
+
+def _close_soon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+    if session.closed:
+        return
+    if loop.is_running() and not loop.is_closed():
+        try:
+            asyncio.run_coroutine_threadsafe(session.close(), loop)
+            return
+        except RuntimeError:  # the loop closed in between
+            pass
+    _orphans.append(session)
+
+
+def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
+    dec = _decoders.get(type_)
+    if dec is None:
+        dec = _decoders[type_] = msgspec.json.Decoder(type_)
+    return dec
+
+
+class Response:
+    """A finished HTTP exchange: status, headers and the whole body."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.content_type = headers.get("Content-Type", "").split(";", 1)[0].strip()
+
+    @property
+    def is_protobuf(self) -> bool:
+        return self.content_type == PROTOBUF
+
+    def json(self) -> Any:
+        return _json_decode_any(self.body) if self.body else None
+
+    def decode(self, type_: type[T]) -> T:
+        try:
+            return _decoder(type_).decode(self.body)  # type: ignore[no-any-return]
+        except msgspec.ValidationError as exc:
+            raise APIResponseValidationError(
+                f"The server's answer does not match {getattr(type_, '__name__', type_)}: {exc}",
+                body=self.body[:2000].decode("utf-8", "replace"),
+                request_id=self.headers.get("x-request-id"),
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise APIResponseValidationError(
+                f"The server's answer is not valid JSON: {exc}",
+                body=self.body[:2000].decode("utf-8", "replace"),
+            ) from None
+
+
+def _explain(body: object) -> str:
+    """A readable message from an error body: ``{"detail": ...}``, validation lists, ..."""
+    if isinstance(body, dict):
+        for key in ("detail", "error", "message"):
+            if key in body:
+                return _explain(body[key])
+        return str(msgspec.json.encode(body), "utf-8")
+    if isinstance(body, list):
+        parts = []
+        for item in body:
+            if isinstance(item, dict) and "msg" in item:
+                loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
+            else:
+                parts.append(_explain(item))
+        return "; ".join(parts)
+    return str(body)
+
+
+def status_error(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    method: str,
+    url: str,
+    secret: str | None = None,
+) -> APIStatusError:
+    """The typed error for an HTTP error response (the one place statuses become errors)."""
+    if secret:  # a server that echoes the key must not make us repeat it anywhere
+        body = body.replace(secret.encode(), b"***")
+    text = body.decode("utf-8", "replace")
+    parsed: object
+    try:
+        parsed = _json_decode_any(body) if body else None
+    except msgspec.DecodeError:
+        parsed = text[:2000]
+    detail = _explain(parsed) if parsed not in (None, "") else ""
+    request_id = headers.get("x-request-id") or headers.get("request-id")
+    if request_id is None and isinstance(parsed, dict):
+        rid = parsed.get("request_id")
+        request_id = rid if isinstance(rid, str) else None
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    path = url.split("://", 1)[-1].split("/", 1)[-1]
+    message = f"{status} {reason}" + (f": {detail}" if detail else "")
+    message += f" ({method} /{path}" + (f", request id {request_id}" if request_id else "") + ")"
+    if status == 401:
+        message += ". Check the API key (TINKER_API_KEY) is right for this server."
+    return status_error_class(status)(
+        message, status_code=status, method=method, url=url, body=parsed, request_id=request_id
+    )
+
+
+def _retry_after(headers: Mapping[str, str], cap: float) -> float | None:
+    """The server's requested wait, from ``retry-after-ms`` or ``Retry-After``, if sane."""
+    value = headers.get("retry-after-ms")
+    seconds: float | None = None
+    if value is not None:
+        try:
+            seconds = float(value) / 1000
+        except ValueError:
+            seconds = None
+    if seconds is None and (value := headers.get("Retry-After")) is not None:
+        try:
+            seconds = float(value)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+            seconds = parsed.timestamp() - time.time() if parsed else None
+    if seconds is None or seconds < 0 or seconds > cap:
+        return None
+    return seconds
+
+
+def _should_retry_header(headers: Mapping[str, str]) -> bool | None:
+    value = headers.get("x-should-retry")
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    return None
+
+
+class Transport:
+    """HTTP for one client family. All methods run on the family's home loop."""
+
+    def __init__(self, config: ClientConfig, dialect: Dialect, home: Home) -> None:
+        self.config = config
+        self.dialect = dialect
+        self.home = home
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._base_headers = self._build_base_headers()
+        self.closed = False
+        home.on_move(self._abandon_session)
+        _sync.register_for_exit(self)
+
+    def _build_base_headers(self) -> dict[str, str]:
+        headers = {
+            "User-Agent": f"tinker-async/{__version__} (compatible; tinker {PROTOCOL_SDK_VERSION})",
+            "Accept": "application/json",
+            "x-sdk-version": PROTOCOL_SDK_VERSION,
+            "X-Stainless-Runtime": platform.python_implementation(),
+            "X-Stainless-Runtime-Version": platform.python_version(),
+        }
+        headers.update(self.dialect.auth_headers(self.config.api_key.get()))
+        headers.update(self.config.default_headers)
+        return headers
+
+    def refresh_headers(self) -> None:
+        """Rebuild the static headers after the dialect changed (e.g. at handshake)."""
+        self._base_headers = self._build_base_headers()
+
+    # -- the aiohttp session ----------------------------------------------------------
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        t = self._timeouts.get(seconds)
+        if t is None:
+            t = self._timeouts[seconds] = aiohttp.ClientTimeout(
+                total=None, connect=self.config.connect_timeout, sock_read=seconds
+            )
+        return t
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop or self._session.closed:
+            self._abandon_session()
+            connector = aiohttp.TCPConnector(
+                limit=self.config.connection_limit,
+                limit_per_host=0,
+                keepalive_timeout=30.0,
+                ttl_dns_cache=300,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout(self.config.timeout),
+                auto_decompress=True,
+                raise_for_status=False,
+                skip_auto_headers=("Content-Type",),
+            )
+            self._session_loop = loop
+            # A client dropped without close(): close its pool on its own loop, quietly.
+            # Not at exit: ServiceClients still have a session to finish then.
+            weakref.finalize(self, _close_soon, self._session, loop).atexit = False
+            # A loop that ends (asyncio.run returning) cancels its tasks: the keeper closes
+            # the pool then, on its own loop, so nothing is left unclosed. (The background
+            # loop lives until exit, where _close_at_exit does this.)
+            if loop is not _sync.background_loop_if_started():
+                keeper = loop.create_task(_keep_until_loop_ends(self._session),
+                                          name="tinker-async-keeper")
+                _keepers.add(keeper)
+                keeper.add_done_callback(_keepers.discard)
+        return self._session
+
+    def _abandon_session(self) -> None:
+        """Drop the session of a loop we left; it is closed if its loop still runs here."""
+        session, self._session, self._session_loop = self._session, None, None
+        if session is None or session.closed:
+            return
+        _orphans.append(session)
+
+    #: at exit, transports close after the ServiceClients that finish sessions through them
+    _exit_order = 1
+
+    def _close_at_exit(self) -> None:
+        session, loop = self._session, self._session_loop
+        if session is None or session.closed or loop is None or not loop.is_running():
+            return
+        if loop is _sync.background_loop_if_started():
+            asyncio.run_coroutine_threadsafe(session.close(), loop).result(2.0)
+
+    async def aclose(self) -> None:
+        """Close for good: later requests raise ClientClosedError."""
+        self.closed = True
+        await self.release()
+
+    async def release(self) -> None:
+        """Close the aiohttp session (on its own loop); the next request opens a new one."""
+        session, loop = self._session, self._session_loop
+        self._session = self._session_loop = None
+        if session is not None and not session.closed:
+            if loop is asyncio.get_running_loop():
+                await session.close()
+            else:
+                _orphans.append(session)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def url(self, endpoint: str) -> str:
+        return self.dialect.url(self.config.base_url, endpoint)
+
+    async def request(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        json: Any = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        ok_statuses: frozenset[int] = frozenset(),
+    ) -> Response:
+        """Send one logical request, retrying per ``retry``; return the response or raise.
+
+        ``ok_statuses`` are error statuses the caller handles itself (e.g. 408 and 410 when
+        polling); they are returned instead of raised or retried.
+        """
+        policy = retry or self.config.retry
+        url = self.url(endpoint)
+        req_headers = dict(self._base_headers)
+        if headers:
+            req_headers.update(headers)
+        if json is not None:
+            body = _json_encode(json)
+            content_type = "application/json"
+        if content_type is not None:
+            req_headers["Content-Type"] = content_type
+        if method != "GET":
+            req_headers["X-Idempotency-Key"] = f"tinker-async-{uuid.uuid4().hex}"
+        read_timeout = self._timeout(timeout or self.config.timeout)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waits = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
+        next(waits)  # backoff.expo's first value is a priming None
+        attempt = 0
+        throttled = 0
+        while True:
+            retry_after: float | None = None
+            force: bool | None = None
+            try:
+                response = await self._send(method, url, req_headers, body, params, read_timeout)
+            except APIError as exc:
+                error: APIError = exc
+            else:
+                status = response.status
+                if status < 400 or status in ok_statuses:
+                    return response
+                error = status_error(
+                    status,
+                    response.body,
+                    response.headers,
+                    method=method,
+                    url=url,
+                    secret=self.config.api_key.get(),
+                )
+                force = _should_retry_header(response.headers)
+                if force is False or (force is None and not policy.should_retry_status(status)):
+                    raise error
+                retry_after = _retry_after(response.headers, policy.retry_after_cap)
+            attempt += 1
+            if isinstance(error, RateLimitError):
+                throttled += 1
+                if throttled > policy.max_429_retries:
+                    raise error
+            elif attempt - throttled > policy.max_retries:
+                raise error
+            delay = retry_after if retry_after is not None else backoff.full_jitter(next(waits))
+            if loop.time() - started + delay > policy.deadline:
+                raise error
+            log.info("retrying %s %s in %.2fs after: %s", method, endpoint, delay, error)
+            req_headers["x-stainless-retry-count"] = str(attempt)
+            await asyncio.sleep(delay)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        params: Mapping[str, str | int] | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> Response:
+        if self.closed:
+            raise ClientClosedError("This client is closed; create a new one.")
+        session = self.session()
+        try:
+            async with session.request(
+                method, url, data=body, params=params, headers=headers, timeout=timeout
+            ) as resp:
+                data = await resp.read()
+                return Response(resp.status, resp.headers, data)
+        except asyncio.TimeoutError:
+            raise APITimeoutError(
+                f"{method} {url} timed out (no answer within {timeout.sock_read} s)",
+                method=method,
+                url=url,
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise APIConnectionError(
+                f"Cannot connect to {self.config.base_url} ({exc.os_error.strerror or exc}); "
+                "is the server running and the base URL right?",
+                method=method,
+                url=url,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise APIConnectionError(
+                f"{method} {url} failed: the connection broke ({type(exc).__name__}: {exc})",
+                method=method,
+                url=url,
+            ) from None

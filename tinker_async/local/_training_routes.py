@@ -1,0 +1,688 @@
+"""Training routes: create a model, train it, save and load its weights.
+
+Endpoints (reference §2.2 #15-22; every one but ``get_info`` answers with a future)::
+
+    POST create_model              -> {"model_id", "type": "create_model"}
+    POST get_info                  GetInfoResponse (synchronous)
+    POST forward_backward          protobuf (optionally zstd) or JSON body -> ForwardBackwardOutput
+    POST forward                   JSON, legacy dialects (``separate_forward``)
+    POST optim_step                -> {"metrics": {...}}
+    POST save_weights              -> {"path": "tinker://<run>/weights/<name>"}
+    POST save_weights_for_sampler  named -> {"path": ".../sampler_weights/<name>"};
+                                   ephemeral -> {"sampling_session_id"}
+    POST save_weights_external     -> {"path": ".../external_weights/<name>", "size_bytes"}
+    POST load_weights              legacy (``model_id`` + ``seq_id``) -> {"path"};
+                                   create-via-load (``session_id`` + ``model_seq_id``)
+                                   -> {"model_id", "path"}
+
+Ordering: each model's requests go through its :class:`~._sequencing.Sequencer`, so they
+apply in ``seq_id`` order, one at a time, and a retried submit gets the request id it got
+the first time. Once a request's model and ``seq_id`` are known, every later problem with
+it (a bad field, a missing loss input, a checkpoint that cannot be written) *fails its
+future* with category ``user`` instead of answering an HTTP error: an HTTP error would
+leave a hole in the sequence, and every later request of the model would wait for it.
+
+Model work runs in a worker thread (inline in zero-compute mode), so polls and heartbeats
+stay responsive while a model computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .. import _proto
+from . import _model
+from ._errors import ApiError, bad_request, json_response, unprocessable
+from ._futures import FutureFailure
+from ._inputs import datum_from_json, datum_from_sdk
+from ._model import Adapter, ModelDatum, save_state
+from ._models import (
+    ADAPTER_FILE,
+    ARCH,
+    MAX_LORA_RANK,
+    TOKENIZER_ID,
+    ModelRegistry,
+    SamplerSource,
+    TrainedModel,
+    external_export,
+    read_adapter,
+    registry,
+    snapshot,
+)
+from ._outputs import forward_backward_json, forward_backward_proto
+from ._routing import Route, ServerContext, context, route
+from ._state import validate_ttl
+from ._validate import Fields, read_json_object
+
+__all__ = ["ROUTES"]
+
+_T = TypeVar("_T")
+_PROTOBUF = "application/x-protobuf"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_IDEMPOTENCY_HEADER = "X-Idempotency-Key"
+_OPTIMIZERS = ("adamw", "adam")
+_KINDS = ("snapshot", "inflight")
+
+Op = Callable[[TrainedModel, int], Any]
+"""The work of one sequenced request: gets the model and the request's seq id."""
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _describe(exc: ApiError) -> str:
+    """A one-line message for an HTTP error that becomes a failed future instead."""
+    if isinstance(exc.detail, str):
+        return exc.detail
+    parts = []
+    for issue in exc.detail:
+        where = ".".join(str(p) for p in issue.get("loc", [])[1:]) or "body"
+        parts.append(f"{where}: {issue.get('msg', 'invalid')}")
+    return "Invalid request: " + "; ".join(parts)
+
+
+def _as_user_error(work: Callable[[], _T]) -> Callable[[], _T]:
+    """``work`` with bad-input errors turned into ``FutureFailure(..., "user")``.
+
+    ``ValueError`` is what the model and the input readers raise for bad input; an
+    ``ApiError`` comes from the state (a checkpoint that exists, a TTL out of range, ...).
+    Anything else is a server bug and fails the future with category ``server``.
+    """
+
+    def guarded() -> _T:
+        try:
+            return work()
+        except ApiError as exc:
+            raise FutureFailure(_describe(exc), "user") from exc
+        except ValueError as exc:
+            raise FutureFailure(str(exc), "user") from exc
+
+    return guarded
+
+
+def _failing(message: str) -> Op:
+    def fail(model: TrainedModel, seq: int) -> Any:
+        raise FutureFailure(message, "user")
+
+    return fail
+
+
+def _problem(fields: Fields, extra: str | None = None) -> str | None:
+    """What is wrong with the fields read so far (or ``extra``), as one message."""
+    try:
+        fields.finish()
+    except ApiError as exc:
+        return _describe(exc)
+    return extra
+
+
+def _sequenceable(body: Mapping[str, Any]) -> bool:
+    """Whether the body names a model and a usable ``seq_id`` (absent counts as usable)."""
+    model_id, seq_id = body.get("model_id"), body.get("seq_id")
+    seq_ok = seq_id is None or (
+        isinstance(seq_id, int) and not isinstance(seq_id, bool) and seq_id >= 0
+    )
+    return isinstance(model_id, str) and bool(model_id) and seq_ok
+
+
+def _reject(
+    request: web.Request,
+    body: Mapping[str, Any],
+    fields: Fields,
+    problem: str,
+    *,
+    kind: str,
+) -> web.Response:
+    """Answer an invalid request: a failed future if it can take its place in the model's
+    sequence (so later requests are not held up by a hole), else the HTTP error."""
+    if not _sequenceable(body):
+        fields.finish()  # raises the 422 when the fields are at fault
+        raise bad_request(problem)
+    return _submit(
+        request, body["model_id"], body.get("seq_id"), _failing(problem), kind=kind, offload=False
+    )
+
+
+def _future_answer(request_id: str, model_id: str | None = None) -> web.Response:
+    body = {"request_id": request_id}
+    if model_id is not None:
+        body["model_id"] = model_id
+    return json_response(body)
+
+
+def _submit(
+    request: web.Request,
+    model_id: str,
+    seq_id: int | None,
+    op: Op,
+    *,
+    kind: str,
+    offload: bool = True,
+    json_encoder: Callable[[Any], Any] | None = None,
+    proto_encoder: Callable[[Any], bytes] | None = None,
+) -> web.Response:
+    """Admit one sequenced request of a model and answer with its future.
+
+    404 for an unknown model, 410 if its session is over, 400 for a read-only run (a
+    ``copy_weights`` copy), 409 for a stale ``seq_id``; a retry gets the first request id.
+    """
+    ctx = context(request)
+    reg = registry(ctx)
+    run = ctx.state.get_run(model_id)
+    if run.read_only:
+        raise bad_request(f"Training run {model_id} is a read-only copy and cannot be trained")
+    ctx.state.live_session(run.session_id)
+    model = reg.model(model_id)
+    key = request.headers.get(_IDEMPOTENCY_HEADER)
+    seq, earlier = model.sequencer.admit(seq_id, key)
+    if earlier is not None:
+        return _future_answer(earlier, model_id)
+    ctx.state.touch_run(model_id)
+    executor = reg.executor if offload else None
+    guarded = _as_user_error(lambda: op(model, seq))
+
+    async def work() -> Any:
+        return await model.sequencer.run(seq, guarded, executor=executor)
+
+    request_id = ctx.futures.submit(
+        work,
+        kind=kind,
+        session_id=run.session_id,
+        json_encoder=json_encoder,
+        proto_encoder=proto_encoder,
+    )
+    model.sequencer.record(seq, key, request_id)
+    return _future_answer(request_id, model_id)
+
+
+def _scheme(ctx: ServerContext) -> str:
+    return ctx.dialect.path_scheme
+
+
+# ------------------------------------------------------------------------------ create/info
+
+
+async def create_model(request: web.Request) -> web.Response:
+    """``POST create_model``: a new LoRA training run ``{session_id}:train:{model_seq_id}``."""
+    ctx = context(request)
+    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
+    session_id = fields.text("session_id")
+    model_seq_id = fields.opt_integer("model_seq_id", ge=0)
+    base_model = fields.text("base_model")
+    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
+    lora = fields.nested("lora_config", required=False)
+    rank, seed, flags = 32, None, {"train_mlp": True, "train_attn": True, "train_unembed": True}
+    if lora is not None:
+        rank = lora.integer("rank")
+        seed = lora.opt_integer("seed")
+        flags = {name: lora.flag(name, default=True) for name in flags}
+    optimizer = fields.nested("optimizer_config", required=False)
+    optimizer_type = "adamw"
+    if optimizer is not None:
+        optimizer_type = optimizer.text("type", default="adamw")
+        optimizer.ignore("version")
+    fields.ignore("type", "project_id")
+    fields.finish()
+
+    reg = registry(ctx)
+    ctx.state.live_session(session_id)
+    if model_seq_id is None:
+        model_seq_id = ctx.state.next_model_seq_id(session_id)
+    key = request.headers.get(_IDEMPOTENCY_HEADER)
+    earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
+    if isinstance(earlier, str):
+        return _future_answer(earlier, f"{session_id}:train:{model_seq_id}")
+    base = reg.base_model(base_model)
+    if not 1 <= rank <= MAX_LORA_RANK:
+        raise bad_request(f"LoRA rank must be between 1 and {MAX_LORA_RANK}, got {rank}")
+    if not any(flags.values()):
+        raise bad_request("At least one of train_mlp, train_attn, train_unembed must be true")
+    if optimizer_type not in _OPTIMIZERS:
+        raise bad_request(f"The local model trains with AdamW only, not {optimizer_type!r}")
+    adapter = Adapter.new(
+        base,
+        rank=rank,
+        seed=seed,
+        train_mlp=flags["train_mlp"],
+        train_attn=flags["train_attn"],
+        train_unembed=flags["train_unembed"],
+    )
+    run = ctx.state.create_training_run(
+        session_id,
+        model_seq_id,
+        base.name,
+        lora_rank=rank,
+        train_mlp=flags["train_mlp"],
+        train_attn=flags["train_attn"],
+        train_unembed=flags["train_unembed"],
+        user_metadata=user_metadata,
+    )
+    reg.add_model(run.training_run_id, base, adapter, next_seq=1)
+    answer = {"model_id": run.training_run_id, "type": "create_model"}
+    request_id = ctx.futures.submit(lambda: answer, kind="CreateModel", session_id=session_id)
+    reg.remember_create(session_id, model_seq_id, request_id)
+    reg.remember_submit(key, request_id)
+    return _future_answer(request_id, run.training_run_id)
+
+
+async def get_info(request: web.Request) -> web.Response:
+    """``POST get_info``: the model's ``GetInfoResponse``."""
+    ctx = context(request)
+    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
+    model_id = fields.text("model_id")
+    fields.ignore("type")
+    fields.finish()
+    run = ctx.state.get_run(model_id)
+    return json_response(
+        {
+            "type": "get_info",
+            "model_id": model_id,
+            "model_data": {
+                "arch": ARCH,
+                "model_name": run.base_model,
+                "tokenizer_id": TOKENIZER_ID,
+            },
+            "optimizer_config": {"type": "adamw"},
+            "is_lora": run.is_lora,
+            "lora_rank": run.lora_rank,
+            "model_name": run.base_model,
+        }
+    )
+
+
+# -------------------------------------------------------------------------- forward/backward
+
+
+def _is_protobuf(request: web.Request) -> bool:
+    return request.content_type == _PROTOBUF
+
+
+def _fb_op(
+    convert: Callable[[], list[ModelDatum]],
+    loss_fn: str,
+    loss_fn_config: Mapping[str, float | str] | None,
+    forward_only: bool,
+) -> Op:
+    def op(model: TrainedModel, seq: int) -> Any:
+        return _model.forward_backward(
+            model.require_adapter(),
+            convert(),
+            loss_fn,
+            loss_fn_config,
+            backward=not forward_only,
+        )
+
+    return op
+
+
+def _fb_kind(forward_only: bool) -> str:
+    return "Forward" if forward_only else "ForwardBackward"
+
+
+def _submit_fb(
+    request: web.Request, model_id: str, seq_id: int | None, op: Op, forward_only: bool
+) -> web.Response:
+    return _submit(
+        request,
+        model_id,
+        seq_id,
+        op,
+        kind=_fb_kind(forward_only),
+        json_encoder=forward_backward_json,
+        proto_encoder=forward_backward_proto,
+    )
+
+
+async def _protobuf_forward_backward(request: web.Request, forward_path: bool) -> web.Response:
+    raw = await request.read()
+    # The SDK compresses when the server sets ``proto_compress_fwdbwd``. aiohttp may have
+    # decoded the body already (when it has a zstd module), hence the magic-number check.
+    if request.headers.get("Content-Encoding", "").lower() == "zstd" and raw[:4] == _ZSTD_MAGIC:
+        try:
+            raw = _proto.decompress(raw)
+        except Exception as exc:
+            raise bad_request(f"Invalid zstd body: {exc}") from None
+    try:
+        parts = _proto.decode_forward_backward_request(raw)
+    except ValueError as exc:
+        raise bad_request(f"Invalid protobuf ForwardBackwardRequest: {exc}") from None
+    if not parts.model_id:
+        raise unprocessable(
+            [{"loc": ["body", "model_id"], "msg": "Field required", "type": "missing"}]
+        )
+    data = parts.data
+    forward_only = parts.forward_only or forward_path
+    op = _fb_op(
+        lambda: [datum_from_sdk(d, i) for i, d in enumerate(data)],
+        parts.loss_fn,
+        parts.loss_fn_config,
+        forward_only,
+    )
+    return _submit_fb(request, parts.model_id, parts.seq_id, op, forward_only)
+
+
+async def _json_forward_backward(request: web.Request, forward_path: bool) -> web.Response:
+    ctx = context(request)
+    body = await read_json_object(request)
+    fields = Fields(body, strict=ctx.dialect.strict_fields)
+    model_id = fields.text("model_id")
+    seq_id = fields.opt_integer("seq_id", ge=0)
+    forward_only = fields.flag("forward_only") or forward_path
+    # Official nesting, under either name; tinkercloud puts data/loss_fn at the top.
+    inner = None
+    for name in ("forward_input", "forward_backward_input"):
+        if name in body:
+            inner = fields.nested(name)
+            break
+    source = inner if inner is not None else fields
+    data = source.opt_list("data")
+    loss_fn = source.text("loss_fn")
+    loss_fn_config = source.opt_mapping("loss_fn_config")
+    fields.ignore("type")
+    problem = _problem(fields)
+    if problem is not None:
+        return _reject(request, body, fields, problem, kind=_fb_kind(forward_only))
+    items = data or []
+    op = _fb_op(
+        lambda: [datum_from_json(d, i) for i, d in enumerate(items)],
+        loss_fn,
+        loss_fn_config,
+        forward_only,
+    )
+    return _submit_fb(request, model_id, seq_id, op, forward_only)
+
+
+async def forward_backward(request: web.Request) -> web.Response:
+    """``POST forward_backward``: protobuf (official) or JSON body; ``forward_only`` flag."""
+    if _is_protobuf(request) and context(request).dialect.protobuf:
+        return await _protobuf_forward_backward(request, forward_path=False)
+    return await _json_forward_backward(request, forward_path=False)
+
+
+async def forward(request: web.Request) -> web.Response:
+    """``POST forward`` (JSON-only dialects): a forward pass with ``forward_input``."""
+    if _is_protobuf(request) and context(request).dialect.protobuf:
+        return await _protobuf_forward_backward(request, forward_path=True)
+    return await _json_forward_backward(request, forward_path=True)
+
+
+# --------------------------------------------------------------------------------- optimizer
+
+
+async def optim_step(request: web.Request) -> web.Response:
+    """``POST optim_step`` with ``adam_params`` (or ``optimizer_params``) -> ``{"metrics"}``."""
+    ctx = context(request)
+    body = await read_json_object(request)
+    fields = Fields(body, strict=ctx.dialect.strict_fields)
+    model_id = fields.text("model_id")
+    seq_id = fields.opt_integer("seq_id", ge=0)
+    adam = fields.opt_mapping("adam_params")
+    other = fields.opt_mapping("optimizer_params")
+    fields.ignore("type")
+    problem = _problem(fields)
+    if problem is not None:
+        return _reject(request, body, fields, problem, kind="OptimStep")
+    params = adam if adam is not None else other
+
+    def op(model: TrainedModel, seq: int) -> Any:
+        return {"metrics": _model.optim_step(model.require_adapter(), params)}
+
+    return _submit(request, model_id, seq_id, op, kind="OptimStep")
+
+
+# ----------------------------------------------------------------------------------- weights
+
+
+def _checkpoint_name(name: str | None, seq: int) -> str:
+    return name if name is not None else f"seq-{seq}"
+
+
+async def save_weights(request: web.Request) -> web.Response:
+    """``POST save_weights``: a training checkpoint (with the AdamW state)."""
+    ctx = context(request)
+    body = await read_json_object(request)
+    fields = Fields(body, strict=ctx.dialect.strict_fields)
+    model_id = fields.text("model_id")
+    seq_id = fields.opt_integer("seq_id", ge=0)
+    name = fields.opt_text("path")
+    ttl_seconds = fields.opt_integer("ttl_seconds")
+    overwrite = fields.flag("overwrite")
+    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
+    fields.ignore("type")
+    problem = _problem(fields)
+    if problem is not None:
+        return _reject(request, body, fields, problem, kind="SaveWeights")
+    state, scheme = ctx.state, _scheme(ctx)
+
+    def op(model: TrainedModel, seq: int) -> Any:
+        validate_ttl(ttl_seconds)
+        data = save_state(model.require_adapter(), include_optimizer=True)
+        record = state.add_checkpoint(
+            model.run_id,
+            "weights",
+            _checkpoint_name(name, seq),
+            files={ADAPTER_FILE: data},
+            ttl_seconds=ttl_seconds,
+            user_metadata=user_metadata,
+            overwrite=overwrite,
+        )
+        return {"path": record.path(scheme), "type": "save_weights"}
+
+    return _submit(request, model_id, seq_id, op, kind="SaveWeights")
+
+
+async def save_weights_for_sampler(request: web.Request) -> web.Response:
+    """``POST save_weights_for_sampler``: named (a checkpoint) or ephemeral (a sampler)."""
+    ctx = context(request)
+    body = await read_json_object(request)
+    fields = Fields(body, strict=ctx.dialect.strict_fields)
+    model_id = fields.text("model_id")
+    seq_id = fields.opt_integer("seq_id", ge=0)
+    name = fields.opt_text("path")
+    sampling_seq = fields.opt_integer("sampling_session_seq_id", ge=0)
+    kind = fields.text("kind", default="snapshot", choices=_KINDS)
+    ttl_seconds = fields.opt_integer("ttl_seconds")
+    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
+    fields.ignore("type")
+    neither = "Give either path (a named checkpoint) or sampling_session_seq_id"
+    problem = _problem(fields, neither if name is None and sampling_seq is None else None)
+    if problem is not None:
+        return _reject(request, body, fields, problem, kind="SaveWeightsForSampler")
+    state, scheme, reg = ctx.state, _scheme(ctx), registry(ctx)
+
+    if name is not None:
+
+        def save_named(model: TrainedModel, seq: int) -> Any:
+            validate_ttl(ttl_seconds)
+            data = save_state(model.require_adapter(), include_optimizer=False)
+            record = state.add_checkpoint(
+                model.run_id,
+                "sampler_weights",
+                name,
+                files={ADAPTER_FILE: data},
+                ttl_seconds=ttl_seconds,
+                user_metadata=user_metadata,
+            )
+            return {"path": record.path(scheme), "type": "save_weights_for_sampler"}
+
+        return _submit(request, model_id, seq_id, save_named, kind="SaveWeightsForSampler")
+
+    assert sampling_seq is not None
+
+    def make_sampler(model: TrainedModel, seq: int) -> Any:
+        # A copy of the weights as of this point in the sequence: later training steps
+        # must not change what this sampler samples (the "snapshot" contract). Cheap
+        # enough (LoRA factors only) to run on the loop.
+        frozen = snapshot(model.require_adapter())
+        if kind == "inflight":
+            model.inflight.adapter = frozen
+            source = SamplerSource(model.base, published=model.inflight)
+        else:
+            source = SamplerSource(model.base, fixed=frozen)
+        run = state.get_run(model.run_id)
+        sampler = state.create_sampler(
+            run.session_id, base_model=run.base_model, sampling_session_seq_id=sampling_seq
+        )
+        reg.add_sampler(sampler.sampler_id, source)
+        return {"sampling_session_id": sampler.sampler_id, "type": "save_weights_for_sampler"}
+
+    return _submit(
+        request, model_id, seq_id, make_sampler, kind="SaveWeightsForSampler", offload=False
+    )
+
+
+async def save_weights_external(request: web.Request) -> web.Response:
+    """``POST save_weights_external``: a PEFT-style export, downloadable by signed URLs."""
+    ctx = context(request)
+    body = await read_json_object(request)
+    fields = Fields(body, strict=ctx.dialect.strict_fields)
+    model_id = fields.text("model_id")
+    seq_id = fields.opt_integer("seq_id", ge=0)
+    name = fields.opt_text("path")
+    ttl_seconds = fields.opt_integer("ttl_seconds")
+    recipients = fields.opt_strings("age_encryption_recipients")
+    fields.ignore("type")
+    unsupported = "age encryption of exports is not supported by the local server"
+    problem = _problem(fields, unsupported if recipients else None)
+    if problem is not None:
+        return _reject(request, body, fields, problem, kind="SaveWeightsExternal")
+    state, scheme = ctx.state, _scheme(ctx)
+
+    def op(model: TrainedModel, seq: int) -> Any:
+        validate_ttl(ttl_seconds)
+        run = state.get_run(model.run_id)
+        record = state.add_checkpoint(
+            model.run_id,
+            "external_weights",
+            _checkpoint_name(name, seq),
+            files=external_export(model.require_adapter(), run.base_model),
+            ttl_seconds=ttl_seconds,
+        )
+        return {
+            "path": record.path(scheme),
+            "size_bytes": record.size_bytes,
+            "type": "save_weights_external",
+        }
+
+    return _submit(request, model_id, seq_id, op, kind="SaveWeightsExternal")
+
+
+async def load_weights(request: web.Request) -> web.Response:
+    """``POST load_weights``: into an existing model (legacy), or create-via-load."""
+    ctx = context(request)
+    body = await read_json_object(request)
+    if body.get("model_id") is None and "session_id" in body:
+        return await _create_via_load(request, body)
+    fields = Fields(body, strict=ctx.dialect.strict_fields)
+    model_id = fields.text("model_id")
+    seq_id = fields.opt_integer("seq_id", ge=0)
+    path = fields.text("path")
+    optimizer = fields.flag("optimizer")
+    fields.opt_text("weights_access_token")  # every local checkpoint is readable
+    fields.ignore("type", "optimizer_config")
+    problem = _problem(fields)
+    if problem is not None:
+        return _reject(request, body, fields, problem, kind="LoadWeights")
+    state = ctx.state
+
+    def op(model: TrainedModel, seq: int) -> Any:
+        record = state.checkpoint_by_path(path)
+        source_base = state.get_run(record.training_run_id).base_model
+        if source_base != model.base.name:
+            raise ValueError(
+                f"checkpoint {path} was trained on {source_base!r}, this model is "
+                f"{model.base.name!r}"
+            )
+        model.adapter = read_adapter(state, record, model.base, include_optimizer=optimizer)
+        model.load_error = None
+        return {"path": path, "type": "load_weights"}
+
+    return _submit(request, model_id, seq_id, op, kind="LoadWeights")
+
+
+async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """A new model ``{session_id}:train:{model_seq_id}`` made from a checkpoint.
+
+    The load is the model's sequence 0, so its first training request (seq 1) waits for
+    the weights to be in place.
+    """
+    ctx = context(request)
+    if not ctx.dialect.create_via_load:
+        raise bad_request(
+            "load_weights needs model_id and seq_id: create the model with create_model, "
+            "then load the checkpoint as its first request"
+        )
+    fields = Fields(body, strict=ctx.dialect.strict_fields)
+    session_id = fields.text("session_id")
+    model_seq_id = fields.integer("model_seq_id", ge=0)
+    base_model = fields.opt_text("base_model")
+    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
+    path = fields.text("path")
+    optimizer = fields.flag("optimizer")
+    fields.opt_text("weights_access_token")
+    fields.ignore("type", "optimizer_config", "model_id", "seq_id")
+    fields.finish()
+
+    reg: ModelRegistry = registry(ctx)
+    state = ctx.state
+    state.live_session(session_id)
+    key = request.headers.get(_IDEMPOTENCY_HEADER)
+    run_id = f"{session_id}:train:{model_seq_id}"
+    earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
+    if isinstance(earlier, str):
+        return _future_answer(earlier, run_id)
+    record = state.checkpoint_by_path(path)
+    source = state.get_run(record.training_run_id)
+    if base_model is not None and base_model != source.base_model:
+        raise bad_request(
+            f"base_model {base_model!r} does not match the checkpoint's base model "
+            f"{source.base_model!r}"
+        )
+    base = reg.base_model(source.base_model)
+    run = state.create_training_run(
+        session_id,
+        model_seq_id,
+        source.base_model,
+        lora_rank=source.lora_rank,
+        train_mlp=source.train_mlp,
+        train_attn=source.train_attn,
+        train_unembed=source.train_unembed,
+        user_metadata=user_metadata,
+    )
+    model = reg.add_model(run.training_run_id, base, None, next_seq=0)
+
+    def load() -> Any:
+        try:
+            model.adapter = read_adapter(state, record, base, include_optimizer=optimizer)
+        except ValueError as exc:
+            model.load_error = str(exc)
+            raise
+        return {"model_id": run.training_run_id, "path": path, "type": "load_weights"}
+
+    guarded = _as_user_error(load)
+    executor = reg.executor
+
+    async def work() -> Any:
+        return await model.sequencer.run(0, guarded, executor=executor)
+
+    request_id = ctx.futures.submit(work, kind="LoadWeights", session_id=session_id)
+    model.sequencer.record(0, key, request_id)
+    reg.remember_create(session_id, model_seq_id, request_id)
+    reg.remember_submit(key, request_id)
+    return _future_answer(request_id, run.training_run_id)
+
+
+ROUTES: tuple[Route, ...] = (
+    route("POST", "/create_model", create_model),
+    route("POST", "/get_info", get_info),
+    route("POST", "/forward_backward", forward_backward),
+    route("POST", "/forward", forward, when=lambda d: d.separate_forward),
+    route("POST", "/optim_step", optim_step),
+    route("POST", "/save_weights", save_weights),
+    route("POST", "/save_weights_for_sampler", save_weights_for_sampler),
+    route("POST", "/save_weights_external", save_weights_external),
+    route("POST", "/load_weights", load_weights),
+)

@@ -1,0 +1,294 @@
+"""SamplingClient: text generation and prompt logprobs from a base model or saved weights.
+
+``await sc.sample_async(prompt, num_samples, params)`` runs entirely on the caller's loop
+(one ``asample`` request, then the shared poller); ``sc.sample(...)`` is the same call as an
+:class:`APIFuture`. Thousands can be in flight from one client.
+
+A SamplingClient pickles without the API key: the process that unpickles it reads
+``TINKER_API_KEY`` from its own environment and joins the same server session with its
+own block of sequence ids (as the official SDK's clones do). A client carried across
+``os.fork`` does the same on first use in the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import _proto, _sync
+from . import types as t
+from ._api_future import APIFuture
+from ._futures import PromiseExpired
+from ._sync import homed
+from ._transport import Response
+from ._validate import check_sampling
+from .errors import APIError, InvalidRequestError
+from .types import _wire
+
+if TYPE_CHECKING:
+    from .service import ServiceClient
+
+__all__ = ["SamplingClient"]
+
+log = logging.getLogger("tinker_async")
+
+_CLONE_BLOCK = 1_000_000_000
+_RESUBMITS_ON_EXPIRY = 3
+_ASAMPLE_HEADERS = {"X-Tinker-Sampling-Backpressure": "1"}
+
+
+def _decode_sample(resp: Response) -> t.SampleResponse:
+    if resp.is_protobuf:
+        return _proto.decode_sample_response(resp.body)
+    return _wire.decode_sample_response_json(resp.body)
+
+
+class SamplingClient:
+    """Samples from one sampling session. Made by ServiceClient or TrainingClient."""
+
+    def __init__(
+        self,
+        service: ServiceClient,
+        sampling_session_id: str,
+        *,
+        base_model: str | None = None,
+        model_path: str | None = None,
+        record_stability_info: bool = False,
+        clone_id: int = 0,
+    ) -> None:
+        self._service = service
+        self._home = service._home
+        self.sampling_session_id = sampling_session_id
+        self._base_model = base_model
+        self.model_path = model_path
+        self._record_stability_info = record_stability_info
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._clone_id = clone_id
+        self._next_seq = clone_id * _CLONE_BLOCK
+
+    def __repr__(self) -> str:
+        return (f"SamplingClient(sampling_session_id={self.sampling_session_id!r}, "
+                f"base_model={self._base_model!r})")
+
+    # -- pickling: no key, a fresh clone id on the other side ---------------------------
+
+    def __reduce__(self) -> Any:
+        svc = self._service
+        config = svc._transport.config
+        state = {
+            "base_url": config.base_url,
+            "dialect": svc._transport.dialect.name,
+            "route_prefix": svc._transport.dialect.route_prefix,
+            "flags": dict(svc._transport.dialect.flags),
+            "has_client_config": svc._transport.dialect.has_client_config,
+            "session_id": svc._session.id,
+            "sampling_session_id": self.sampling_session_id,
+            "base_model": self._base_model,
+            "model_path": self.model_path,
+            "record_stability_info": self._record_stability_info,
+        }
+        return (_unpickle_sampling_client, (state,))
+
+    def _take_seq(self) -> tuple[int, int]:
+        """(seq id, clone id) for the next request; a forked child starts a new block."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._clone_id = random.randrange(1, _CLONE_BLOCK)
+                self._next_seq = self._clone_id * _CLONE_BLOCK
+            seq = self._next_seq
+            self._next_seq += 1
+            return seq, self._clone_id
+
+    # -- local getters ------------------------------------------------------------------
+
+    def get_base_model(self) -> str:
+        """The base model's name."""
+        return self._base_model or ""
+
+    def get_tokenizer(self) -> Any:
+        """The model's tokenizer (the embedded server's byte tokenizer needs no extras)."""
+        from ._tokenizers import tokenizer_for_model
+
+        return tokenizer_for_model(self.get_base_model())
+
+    def get_sampler_handle(self) -> str:
+        """Not supported: pickle the client instead (it carries no credentials)."""
+        raise NotImplementedError("pickle the SamplingClient to hand it to another process")
+
+    # -- sampling -----------------------------------------------------------------------
+
+    def _body(
+        self,
+        prompt: t.ModelInput,
+        num_samples: int,
+        params: t.SamplingParams,
+        include_prompt_logprobs: bool,
+        topk_prompt_logprobs: int,
+        topk_sample_logprobs: int,
+        target_prompt_logprobs: t.TensorData | None,
+        prompt_alt_tokens_k: int,
+        prompt_logprobs_last_n: int | None,
+    ) -> dict[str, Any]:
+        # Sampling parameters are always sent in full (servers' defaults differ); optional
+        # features only when used, because strict servers reject default-valued extras.
+        sp: dict[str, Any] = {"temperature": params.temperature, "top_k": params.top_k,
+                              "top_p": params.top_p}
+        if params.max_tokens is not None:
+            sp["max_tokens"] = params.max_tokens
+        if params.seed is not None:
+            sp["seed"] = params.seed
+        if params.stop is not None:
+            sp["stop"] = params.stop
+        body: dict[str, Any] = {"num_samples": num_samples, "prompt": prompt,
+                                "sampling_params": sp, "type": "sample"}
+        if include_prompt_logprobs:
+            body["prompt_logprobs"] = True
+        if topk_prompt_logprobs:
+            body["topk_prompt_logprobs"] = topk_prompt_logprobs
+        if topk_sample_logprobs:
+            body["topk_sample_logprobs"] = topk_sample_logprobs
+        if target_prompt_logprobs is not None:
+            body["target_prompt_logprobs"] = target_prompt_logprobs
+        if prompt_alt_tokens_k:
+            body["prompt_alt_tokens_k"] = prompt_alt_tokens_k
+        if prompt_logprobs_last_n is not None:
+            body["prompt_logprobs_last_n"] = prompt_logprobs_last_n
+        if self._record_stability_info:
+            body["record_stability_info"] = True
+        if self._service._transport.dialect.name == "tinkercloud":
+            body["model_id"] = self.sampling_session_id
+            body["include_prompt_logprobs"] = include_prompt_logprobs
+        else:
+            body["sampling_session_id"] = self.sampling_session_id
+        return body
+
+    @homed
+    async def sample_async(
+        self,
+        prompt: t.ModelInput,
+        num_samples: int,
+        sampling_params: t.SamplingParams,
+        include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: t.TensorData | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
+    ) -> t.SampleResponse:
+        """Generate ``num_samples`` continuations of ``prompt``.
+
+        Returns a SampleResponse whose sequences carry tokens, logprobs, stop reason and
+        the server's sequence id; with ``include_prompt_logprobs`` also the prompt's
+        logprobs (``None`` for the first token).
+        """
+        check_sampling(prompt, num_samples, sampling_params, topk_prompt_logprobs,
+                       topk_sample_logprobs, prompt_alt_tokens_k, prompt_logprobs_last_n,
+                       include_prompt_logprobs)
+        if target_prompt_logprobs is not None and (
+            target_prompt_logprobs.dtype != "int64" or len(target_prompt_logprobs.shape or []) != 2
+        ):
+            raise InvalidRequestError("target_prompt_logprobs must be a 2-D int64 TensorData")
+        self._service._check_open()
+        body = self._body(prompt, num_samples, sampling_params, include_prompt_logprobs,
+                          topk_prompt_logprobs, topk_sample_logprobs, target_prompt_logprobs,
+                          prompt_alt_tokens_k, prompt_logprobs_last_n)
+        seq, clone = self._take_seq()
+        body["seq_id"] = seq
+        response = await self._submit_and_wait(body, clone)
+        if prompt_alt_tokens_k and response.prompt_alt_tokens is None:
+            raise RuntimeError("the server ignored prompt_alt_tokens_k (it may predate it)")
+        return response
+
+    async def _submit_and_wait(self, body: dict[str, Any], clone: int) -> t.SampleResponse:
+        service = self._service
+        transport = service._transport
+        use_proto = transport.dialect.protobuf
+        for attempt in range(_RESUBMITS_ON_EXPIRY + 1):
+            submitted = time.time()
+            resp = await transport.request(
+                "POST", "asample", json=body, headers=_ASAMPLE_HEADERS,
+                retry=transport.config.retry.replace(max_429_retries=1000, deadline=3600.0),
+            )
+            data = resp.json()
+            request_id = data.get("request_id") if isinstance(data, dict) else None
+            if not isinstance(request_id, str):
+                raise APIError(f"asample answered without a request_id: {data!r}")
+            sequence_ids = data.get("sample_sequence_ids")
+            try:
+                result = await service._poller.result(
+                    request_id, "Sample", _decode_sample, protobuf=use_proto,
+                    sampling_session=(self.sampling_session_id, clone), submitted_at=submitted)
+            except PromiseExpired:
+                if attempt == _RESUBMITS_ON_EXPIRY:
+                    raise
+                log.info("sample %s expired on the server; resubmitting", request_id)
+                continue
+            except BaseException:
+                # Abandoned (timeout or cancel): let the server stop the work if it can.
+                if service._transport.dialect.dynamic_flags.get("sample_cancel_enabled"):
+                    import asyncio
+
+                    asyncio.get_running_loop().create_task(service._poller.cancel(request_id))
+                raise
+            if sequence_ids:
+                if len(sequence_ids) != len(result.sequences):
+                    raise APIError(f"{len(sequence_ids)} sequence ids for "
+                                   f"{len(result.sequences)} sequences from the server")
+                for sequence, sequence_id in zip(result.sequences, sequence_ids, strict=True):
+                    sequence.sequence_id = sequence_id
+            return result
+        raise AssertionError("unreachable")
+
+    @homed
+    async def compute_logprobs_async(
+        self, prompt: t.ModelInput, prompt_logprobs_last_n: int | None = None
+    ) -> list[float | None]:
+        """The logprob of each prompt token given the ones before (``None`` for the first)."""
+        response = await self.sample_async(
+            prompt, 1, t.SamplingParams(max_tokens=1), include_prompt_logprobs=True,
+            prompt_logprobs_last_n=prompt_logprobs_last_n)
+        return list(response.prompt_logprobs or [])
+
+    @homed
+    async def get_base_model_async(self) -> str:
+        """The base model's name (for code written against the async twin)."""
+        return self.get_base_model()
+
+    # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
+    def sample(self, prompt: t.ModelInput, num_samples: int, sampling_params: t.SamplingParams, include_prompt_logprobs: bool=False, topk_prompt_logprobs: int=0, topk_sample_logprobs: int=0, target_prompt_logprobs: t.TensorData | None=None, prompt_alt_tokens_k: int=0, prompt_logprobs_last_n: int | None=None) -> APIFuture[t.SampleResponse]:
+        """Generate ``num_samples`` continuations of ``prompt``.
+
+        Sync form of :meth:`sample_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.sample_async(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs, topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k, prompt_logprobs_last_n))
+
+    def compute_logprobs(self, prompt: t.ModelInput, prompt_logprobs_last_n: int | None=None) -> APIFuture[list[float | None]]:
+        """The logprob of each prompt token given the ones before (``None`` for the first).
+
+        Sync form of :meth:`compute_logprobs_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.compute_logprobs_async(prompt, prompt_logprobs_last_n))
+    # --- END GENERATED SYNC FORMS ---
+
+
+def _unpickle_sampling_client(state: dict[str, Any]) -> SamplingClient:
+    from .service import ServiceClient
+
+    service = ServiceClient._shadow(
+        base_url=state["base_url"], dialect=state["dialect"], route_prefix=state["route_prefix"],
+        flags=state["flags"], has_client_config=state["has_client_config"],
+        session_id=state["session_id"],
+    )
+    return SamplingClient(
+        service, state["sampling_session_id"], base_model=state["base_model"],
+        model_path=state["model_path"], record_stability_info=state["record_stability_info"],
+        clone_id=random.randrange(1, _CLONE_BLOCK),
+    )

@@ -1,0 +1,441 @@
+"""ServiceClient: the entry point. It owns the connection pool, the session and its heartbeat.
+
+Construction is cheap and makes no request; the handshake and ``create_session`` happen on
+the first call that needs them. Close it with ``async with`` / ``with``, ``await
+close_async()`` or ``close()``; one left open is closed at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _sync
+from ._api_future import APIFuture, ClientFuture
+from ._config import resolve_config
+from ._dialect import make_dialect
+from ._futures import FuturePoller
+from ._session import FinishStatus, Session
+from ._sync import Home, homed
+from ._transport import Transport
+from .errors import APIError, ClientClosedError, InvalidRequestError
+from .paths import parse_checkpoint_path
+from .rest import RestClient
+from .sampling import SamplingClient
+from .training import TrainingClient
+from .types import GetInfoResponse, GetServerCapabilitiesResponse
+
+__all__ = ["ServiceClient"]
+
+log = logging.getLogger("tinker_async")
+
+_EXIT_CLOSE_TIMEOUT_S = 5.0
+
+
+def _env_tags() -> list[str]:
+    return [t.strip() for t in os.environ.get("TINKER_TAGS", "").split(",") if t.strip()]
+
+
+class ServiceClient:
+    """Connects to a Tinker-compatible server; creates training, sampling and REST clients.
+
+    Arguments are the official SDK's (``user_metadata``, ``project_id``, ``display_name``,
+    ``base_url``, ``api_key``, ``default_headers_overrides``) plus: ``tags`` (else
+    ``TINKER_TAGS``), ``dialect`` / ``route_prefix`` to force what the server speaks,
+    ``timeout``, ``connect_timeout``, ``max_retries`` / ``retry`` (a :class:`RetryPolicy`),
+    ``heartbeat_interval`` (seconds, default 10) and ``connection_limit``.
+    """
+
+    def __init__(
+        self,
+        user_metadata: Mapping[str, str] | None = None,
+        project_id: str | None = None,
+        *,
+        display_name: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        default_headers_overrides: Mapping[str, str] | None = None,
+        tags: Sequence[str] | None = None,
+        dialect: str | None = None,
+        route_prefix: str | None = None,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        max_retries: int | None = None,
+        heartbeat_interval: float | None = None,
+        connection_limit: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        retry = kwargs.pop("retry", None)
+        if kwargs:
+            warnings.warn(
+                f"ServiceClient ignores unknown arguments: {', '.join(sorted(kwargs))}",
+                FutureWarning,
+                stacklevel=2,
+            )
+        config = resolve_config(
+            base_url=base_url,
+            api_key=api_key,
+            project_id=project_id,
+            dialect=dialect,
+            route_prefix=route_prefix,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_retries=max_retries,
+            retry=retry,
+            heartbeat_interval=heartbeat_interval,
+            connection_limit=connection_limit,
+            default_headers=dict(default_headers_overrides or {}),
+        )
+        self._home = Home()
+        self._transport = Transport(
+            config, make_dialect(config.dialect, config.route_prefix), self._home
+        )
+        self._session = Session(
+            self._transport,
+            tags=list(tags) if tags is not None else _env_tags(),
+            user_metadata=user_metadata,
+            project_id=config.project_id,
+            display_name=display_name,
+        )
+        self._poller = FuturePoller(self._transport)
+        self._counter_lock = threading.Lock()
+        self._model_seq = 0
+        self._sampling_session_seq = 0
+        self._closed = False
+        _sync.register_for_exit(self)
+
+    @classmethod
+    def _shadow(
+        cls,
+        *,
+        base_url: str,
+        dialect: str,
+        route_prefix: str,
+        flags: dict[str, Any],
+        has_client_config: bool,
+        session_id: str | None,
+    ) -> ServiceClient:
+        """A client joining an existing session (for unpickled SamplingClients)."""
+        client = cls(base_url=base_url, dialect=dialect, route_prefix=route_prefix)
+        d = client._transport.dialect
+        d.flags.update(flags)
+        if has_client_config:
+            d.apply_client_config(flags)
+        client._session.handshaken = True
+        client._session.id = session_id
+        client._session.owned = False
+        return client
+
+    def _next_model_seq(self) -> int:
+        with self._counter_lock:
+            seq, self._model_seq = self._model_seq, self._model_seq + 1
+        return seq
+
+    def _next_sampling_session_seq(self) -> int:
+        with self._counter_lock:
+            seq, self._sampling_session_seq = self._sampling_session_seq, self._sampling_session_seq + 1
+        return seq
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"session={self._session.id!r}"
+        return f"ServiceClient(base_url={self._transport.config.base_url!r}, {state})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "A ServiceClient cannot be pickled (it owns a connection pool and a session); "
+            "pickle a SamplingClient, or make a new ServiceClient in the other process"
+        )
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The server session id, once the session exists."""
+        return self._session.id
+
+    @property
+    def dialect(self) -> str:
+        """What the server speaks ("official", "legacy", "twinkle", ...), after the handshake."""
+        return self._transport.dialect.name
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("This ServiceClient is closed; create a new one.")
+        self._session.check_alive()
+
+    async def _ensure_session(self) -> str:
+        self._check_open()
+        return await self._session.ensure()
+
+    # -- calls --------------------------------------------------------------------------
+
+    @homed
+    async def connect_async(self) -> str:
+        """Handshake and create the server session now (else the first call does); its id."""
+        return await self._ensure_session()
+
+    @homed
+    async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
+        """The models the server supports."""
+        self._check_open()
+        return await self.create_rest_client().get_server_capabilities_async()
+
+    async def _poll_json(self, resp_json: Any, request_type: str) -> Any:
+        request_id = resp_json.get("request_id") if isinstance(resp_json, dict) else None
+        if not isinstance(request_id, str):
+            raise APIError(f"expected a future with a request_id, got {resp_json!r}")
+        return await self._poller.result(request_id, request_type, lambda r: r.json())
+
+    async def _training_client(self, model_id: str, first_seq: int = 1) -> TrainingClient:
+        resp = await self._transport.request(
+            "POST", "get_info", json={"model_id": model_id, "type": "get_info"})
+        return TrainingClient(self, model_id, resp.decode(GetInfoResponse), first_seq=first_seq)
+
+    @homed
+    async def create_lora_training_client_async(
+        self,
+        base_model: str,
+        rank: int = 32,
+        seed: int | None = None,
+        train_mlp: bool = True,
+        train_attn: bool = True,
+        train_unembed: bool = True,
+        user_metadata: Mapping[str, str] | None = None,
+        optimizer: Any = None,
+    ) -> TrainingClient:
+        """Create a LoRA training run on ``base_model`` and return its TrainingClient."""
+        if not isinstance(base_model, str) or not base_model:
+            raise InvalidRequestError("base_model must be a model name (see get_server_capabilities)")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise InvalidRequestError(f"rank must be an int >= 1, got {rank!r}")
+        if not (train_mlp or train_attn or train_unembed):
+            raise InvalidRequestError("at least one of train_mlp, train_attn, train_unembed must be True")
+        session_id = await self._ensure_session()
+        lora: dict[str, Any] = {"rank": rank, "train_unembed": train_unembed,
+                                "train_mlp": train_mlp, "train_attn": train_attn}
+        if seed is not None:
+            lora["seed"] = seed
+        body: dict[str, Any] = {"session_id": session_id, "model_seq_id": self._next_model_seq(),
+                                "base_model": base_model, "lora_config": lora,
+                                "type": "create_model"}
+        if user_metadata:
+            body["user_metadata"] = dict(user_metadata)
+        if optimizer is not None and getattr(optimizer, "type", "adamw") != "adamw":
+            body["optimizer_config"] = _to_dict(optimizer)
+        resp = await self._transport.request("POST", "create_model", json=body)
+        result = await self._poll_json(resp.json(), "CreateModel")
+        model_id = result.get("model_id") if isinstance(result, dict) else None
+        if not isinstance(model_id, str):
+            raise APIError(f"create_model finished without a model_id: {result!r}")
+        return await self._training_client(model_id)
+
+    async def _from_state(
+        self, path: str, base_model: str | None, user_metadata: Mapping[str, str] | None,
+        weights_access_token: str | None, optimizer: bool,
+    ) -> TrainingClient:
+        parsed = parse_checkpoint_path(path)
+        if parsed.checkpoint_type != "training":
+            raise InvalidRequestError(
+                f"{path!r} is not a training checkpoint (tinker://<run>/weights/<name>); "
+                "sampler weights cannot be trained from"
+            )
+        session_id = await self._ensure_session()
+        if base_model is None or not self._transport.dialect.create_via_load:
+            info = await self.create_rest_client().get_training_run_async(parsed.training_run_id)
+            base_model = base_model or info.base_model
+            rank = info.lora_rank or 32
+        if self._transport.dialect.create_via_load:
+            body: dict[str, Any] = {"session_id": session_id, "model_seq_id": self._next_model_seq(),
+                                    "base_model": base_model, "path": path,
+                                    "optimizer": optimizer, "type": "load_weights"}
+            if user_metadata:
+                body["user_metadata"] = dict(user_metadata)
+            if weights_access_token:
+                body["weights_access_token"] = weights_access_token
+            resp = await self._transport.request("POST", "load_weights", json=body)
+            result = await self._poll_json(resp.json(), "LoadWeights")
+            model_id = result.get("model_id") if isinstance(result, dict) else None
+            if not isinstance(model_id, str):
+                raise APIError(f"load_weights finished without a model_id: {result!r}")
+            return await self._training_client(model_id, first_seq=1)
+        # Servers without create-via-load: create the model, then load as its first op.
+        client = await self.create_lora_training_client_async(
+            base_model, rank=rank, user_metadata=user_metadata)
+        loader = client.load_state_with_optimizer_async if optimizer else client.load_state_async
+        await (await loader(path, weights_access_token))
+        return client
+
+    @homed
+    async def create_training_client_from_state_async(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: Mapping[str, str] | None = None,
+        weights_access_token: str | None = None,
+        optimizer: Any = None,
+    ) -> TrainingClient:
+        """A new training run starting from the weights of a training checkpoint."""
+        return await self._from_state(path, base_model, user_metadata, weights_access_token, False)
+
+    @homed
+    async def create_training_client_from_state_with_optimizer_async(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: Mapping[str, str] | None = None,
+        weights_access_token: str | None = None,
+    ) -> TrainingClient:
+        """Like create_training_client_from_state, also restoring the optimizer state."""
+        return await self._from_state(path, base_model, user_metadata, weights_access_token, True)
+
+    @homed
+    async def create_sampling_client_async(
+        self,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ) -> SamplingClient:
+        """A SamplingClient on saved sampler weights (``model_path``) or a ``base_model``."""
+        if model_path is None and base_model is None:
+            raise InvalidRequestError("give model_path (tinker://...) or base_model")
+        if model_path is not None:
+            parse_checkpoint_path(model_path)
+        session_id = await self._ensure_session()
+        body: dict[str, Any] = {"session_id": session_id,
+                                "sampling_session_seq_id": self._next_sampling_session_seq(),
+                                "type": "create_sampling_session"}
+        if base_model is not None:
+            body["base_model"] = base_model
+        if model_path is not None:
+            body["model_path"] = model_path
+        data = (await self._transport.request("POST", "create_sampling_session", json=body)).json()
+        sampling_session_id = data.get("sampling_session_id") if isinstance(data, dict) else None
+        if not isinstance(sampling_session_id, str):
+            raise APIError(f"create_sampling_session gave no sampling_session_id: {data!r}")
+        if base_model is None:
+            sampler = await self.create_rest_client().get_sampler_async(sampling_session_id)
+            base_model = sampler.base_model
+        return SamplingClient(self, sampling_session_id, base_model=base_model,
+                              model_path=model_path, record_stability_info=record_stability_info)
+
+    def create_rest_client(self) -> RestClient:
+        """A RestClient sharing this client's connection pool."""
+        self._check_open()
+        return RestClient(self)
+
+    @homed
+    async def close_async(self, status: FinishStatus = "success", detail: str | None = None) -> None:
+        """Finish the server session, stop the heartbeat and close the pool. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _sync.unregister_for_exit(self)
+        try:
+            await self._session.close(status, detail)
+        finally:
+            await self._transport.aclose()
+
+    # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
+    def connect(self) -> APIFuture[str]:
+        """Handshake and create the server session now (else the first call does); its id.
+
+        Sync form of :meth:`connect_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.connect_async())
+
+    def get_server_capabilities(self) -> APIFuture[GetServerCapabilitiesResponse]:
+        """The models the server supports.
+
+        Sync form of :meth:`get_server_capabilities_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.get_server_capabilities_async())
+
+    def create_lora_training_client(self, base_model: str, rank: int=32, seed: int | None=None, train_mlp: bool=True, train_attn: bool=True, train_unembed: bool=True, user_metadata: Mapping[str, str] | None=None, optimizer: Any=None) -> ClientFuture[TrainingClient]:
+        """Create a LoRA training run on ``base_model`` and return its TrainingClient.
+
+        Sync form of :meth:`create_lora_training_client_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_client(self, self.create_lora_training_client_async(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata, optimizer))
+
+    def create_training_client_from_state(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None, optimizer: Any=None) -> ClientFuture[TrainingClient]:
+        """A new training run starting from the weights of a training checkpoint.
+
+        Sync form of :meth:`create_training_client_from_state_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_client(self, self.create_training_client_from_state_async(path, base_model, user_metadata, weights_access_token, optimizer))
+
+    def create_training_client_from_state_with_optimizer(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None) -> ClientFuture[TrainingClient]:
+        """Like create_training_client_from_state, also restoring the optimizer state.
+
+        Sync form of :meth:`create_training_client_from_state_with_optimizer_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_client(self, self.create_training_client_from_state_with_optimizer_async(path, base_model, user_metadata, weights_access_token))
+
+    def create_sampling_client(self, model_path: str | None=None, base_model: str | None=None, retry_config: Any=None, record_stability_info: bool=False) -> ClientFuture[SamplingClient]:
+        """A SamplingClient on saved sampler weights (``model_path``) or a ``base_model``.
+
+        Sync form of :meth:`create_sampling_client_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_client(self, self.create_sampling_client_async(model_path, base_model, retry_config, record_stability_info))
+
+    def close(self, status: FinishStatus='success', detail: str | None=None) -> APIFuture[None]:
+        """Finish the server session, stop the heartbeat and close the pool. Idempotent.
+
+        Sync form of :meth:`close_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.close_async(status, detail))
+    # --- END GENERATED SYNC FORMS ---
+
+    # -- context managers and exit ------------------------------------------------------
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        await self.close_async(_finish_status(exc_type))
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if self._home.loop is None:  # never used: nothing on the server to finish
+            self._closed = True
+            _sync.unregister_for_exit(self)
+            return
+        self.close(_finish_status(exc_type)).result(_EXIT_CLOSE_TIMEOUT_S * 2)
+
+    def _close_at_exit(self) -> None:
+        """Called by atexit for a client still open: finish the session, quietly."""
+        if self._closed or self._home.loop is None:
+            return
+        try:
+            self.close("interrupted", "process exited without closing the client").result(
+                _EXIT_CLOSE_TIMEOUT_S
+            )
+        except Exception as exc:
+            log.debug("close at exit failed: %r", exc)
+
+
+def _to_dict(value: Any) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(value)
+
+
+def _finish_status(exc_type: type[BaseException] | None) -> FinishStatus:
+    if exc_type is None:
+        return "success"
+    return "errored" if issubclass(exc_type, Exception) else "interrupted"
+

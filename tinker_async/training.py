@@ -1,0 +1,623 @@
+"""TrainingClient: forward/backward passes, optimizer steps and checkpoints of one model.
+
+Queued operations (``forward``, ``forward_backward``, ``forward_backward_custom``,
+``optim_step``, ``save_state``, ``load_state*``, ``save_weights_for_sampler``) return an
+:class:`APIFuture` as soon as the server has accepted the request, so the next step can
+be submitted before the last one's result is read::
+
+    fb = await tc.forward_backward_async(batch, "cross_entropy")
+    opt = await tc.optim_step_async(AdamParams(learning_rate=1e-4))
+    loss = (await fb).metrics["loss:sum"]; await opt
+
+Ordering: each call takes its place in line when it is made and submits when its turn
+comes; the seq id it sends is the next unused one at that moment, so a request that the
+server refuses leaves no gap in the sequence (strict servers punish gaps with ``409`` on
+every later call). A batch that fails local validation takes no place at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from . import _chunking, _proto, _sync
+from . import types as t
+from ._api_future import APIFuture, ClientFuture
+from ._sync import homed
+from ._transport import PROTOBUF, Response
+from ._validate import check_adam_params, check_checkpoint_name, check_forward_backward
+from .errors import APIError, InvalidRequestError, TinkerError
+from .types import _wire
+
+if TYPE_CHECKING:
+    from .sampling import SamplingClient
+    from .service import ServiceClient
+
+__all__ = ["TrainingClient"]
+
+log = logging.getLogger("tinker_async")
+
+CustomLossFn = Callable[[list[t.Datum], list[Any]], tuple[Any, ...]]
+
+
+class _Sequencer:
+    """Keeps one model's submissions in call order and its wire seq ids gap-free."""
+
+    def __init__(self, first_seq: int) -> None:
+        self._lock = threading.Lock()
+        self._next_ticket = 0
+        self._turn = 0
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self.next_seq = first_seq
+        self.broken: BaseException | None = None
+
+    def tickets(self, count: int = 1) -> range:
+        """Places in line, taken synchronously when a call is made."""
+        if self.broken is not None:
+            raise TinkerError(
+                "This TrainingClient can no longer submit: an earlier multi-part request was "
+                "only partly accepted, so the server's sequence is unknown. Make a new "
+                "training client from the last checkpoint."
+            ) from self.broken
+        with self._lock:
+            start = self._next_ticket
+            self._next_ticket += count
+        return range(start, start + count)
+
+    async def wait_turn(self, ticket: int) -> None:
+        if self._turn < ticket:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[ticket] = fut
+            await fut
+        if self.broken is not None:
+            raise TinkerError("This TrainingClient is broken; see the earlier error") from self.broken
+
+    def advance(self, to_ticket: int) -> None:
+        """Let the call holding ``to_ticket`` go next."""
+        self._turn = to_ticket
+        fut = self._waiters.pop(to_ticket, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def reset_loop_state(self) -> None:
+        """The home loop moved: waiters of the old loop will never be woken there."""
+        self._waiters = {}
+
+    def break_with(self, error: BaseException) -> None:
+        self.broken = error
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+
+def _json_fb_body(
+    dialect_name: str, model_id: str, seq: int, data: list[t.Datum], loss_fn: str,
+    loss_fn_config: Mapping[str, float | str] | None, forward_only: bool,
+) -> dict[str, Any]:
+    if dialect_name == "tinkercloud":
+        body: dict[str, Any] = {"model_id": model_id, "data": data, "loss_fn": loss_fn}
+        if loss_fn_config:
+            body["loss_fn_config"] = dict(loss_fn_config)
+        return body
+    inner: dict[str, Any] = {"data": data, "loss_fn": loss_fn}
+    if loss_fn_config:
+        inner["loss_fn_config"] = dict(loss_fn_config)
+    key = "forward_input" if forward_only else "forward_backward_input"
+    return {key: inner, "model_id": model_id, "seq_id": seq,
+            "type": "forward" if forward_only else "forward_backward"}
+
+
+def _decode_fb(resp: Response) -> t.ForwardBackwardOutput:
+    if resp.is_protobuf:
+        return _proto.decode_forward_backward_output(resp.body)
+    return _wire.decode_forward_backward_output_json(resp.body)
+
+
+class TrainingClient:
+    """Trains one LoRA model. Made by :class:`ServiceClient`; not constructed directly."""
+
+    def __init__(
+        self, service: ServiceClient, model_id: str, info: t.GetInfoResponse, *, first_seq: int = 1
+    ) -> None:
+        self._service = service
+        self._home = service._home
+        self.model_id = model_id
+        self._info = info
+        self._seq = _Sequencer(first_seq)
+        self._home.on_move(self._seq.reset_loop_state)
+
+    def __repr__(self) -> str:
+        return f"TrainingClient(model_id={self.model_id!r})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("A TrainingClient cannot be pickled; pickle a SamplingClient instead")
+
+    # -- local getters -------------------------------------------------------------------
+
+    def get_info(self) -> t.GetInfoResponse:
+        """Model name, LoRA rank and tokenizer id (fetched once, at creation)."""
+        return self._info
+
+    def get_tokenizer(self) -> Any:
+        """The model's tokenizer (the embedded server's byte tokenizer needs no extras)."""
+        from ._tokenizers import load_tokenizer
+
+        return load_tokenizer(self._info)
+
+    def get_base_model(self) -> str:
+        return self._info.model_data.model_name or self._info.model_name or ""
+
+    # -- submission machinery ------------------------------------------------------------
+
+    async def _submit(
+        self,
+        ticket: int,
+        endpoint: str,
+        build: Callable[[int], dict[str, Any]],
+        request_type: str,
+        decode: Callable[[Response], Any],
+    ) -> APIFuture[Any]:
+        """Wait for ``ticket``'s turn, submit one JSON request, start polling its result."""
+        await self._seq.wait_turn(ticket)
+        try:
+            seq = self._seq.next_seq
+            submitted = time.time()
+            resp = await self._service._transport.request("POST", endpoint, json=build(seq))
+            self._seq.next_seq = seq + 1
+        finally:
+            self._seq.advance(ticket + 1)
+        return self._poll(resp, request_type, decode, protobuf=False, submitted=submitted)
+
+    def _poll(
+        self, resp: Response, request_type: str, decode: Callable[[Response], Any],
+        *, protobuf: bool, submitted: float,
+    ) -> APIFuture[Any]:
+        request_id = _request_id(resp)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._service._poller.result(
+            request_id, request_type, decode, protobuf=protobuf, submitted_at=submitted))
+        return APIFuture._from_task(task, loop)
+
+    async def _run_forward_backward(
+        self,
+        data: list[t.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None,
+        forward_only: bool,
+        tickets: range | None = None,
+    ) -> APIFuture[t.ForwardBackwardOutput]:
+        service = self._service
+        dialect = service._transport.dialect
+        chunks = _chunking.split_datums(
+            data, int(dialect.flag("fwdbwd_max_chunk_len")),
+            int(dialect.flag("fwdbwd_max_chunk_bytes_count")),
+        )
+        use_proto = dialect.protobuf
+        bodies = [
+            _proto.encode_forward_backward_request(
+                "", 0, chunk.data, loss_fn, loss_fn_config, forward_only)
+            for chunk in chunks
+        ] if use_proto else []
+        tickets = tickets if tickets is not None else self._seq.tickets(1)
+        request_type = "Forward" if forward_only else "ForwardBackward"
+        compress = bool(dialect.flag("proto_compress_fwdbwd")) and use_proto
+        await self._seq.wait_turn(tickets[0])
+        accepted: list[Response] = []
+        try:
+            first_seq = self._seq.next_seq
+
+            async def send(i: int) -> Response:
+                seq = first_seq + i
+                if use_proto:
+                    payload = _proto.encode_forward_backward_request(self.model_id, seq, [], "") + bodies[i]
+                    headers = {}
+                    if compress:
+                        payload = await asyncio.to_thread(_proto.compress, payload)
+                        headers["Content-Encoding"] = "zstd"
+                    resp = await service._transport.request(
+                        "POST", "forward_backward", body=payload, content_type=PROTOBUF,
+                        headers=headers)
+                else:
+                    endpoint = "forward" if forward_only else "forward_backward"
+                    body = _json_fb_body(dialect.name, self.model_id, seq, chunks[i].data,
+                                         loss_fn, loss_fn_config, forward_only)
+                    resp = await service._transport.request("POST", endpoint, json=body)
+                accepted.append(resp)
+                return resp
+
+            submitted = time.time()
+            if len(chunks) > 1 and dialect.flag("parallel_fwdbwd_chunks"):
+                # Like the official SDK: the rest first, concurrently, then the first chunk,
+                # so that the server (which waits for the first seq) takes the batch at once.
+                rest = await asyncio.gather(*(send(i) for i in range(1, len(chunks))))
+                responses = [await send(0), *rest]
+            else:
+                responses = [await send(i) for i in range(len(chunks))]
+            self._seq.next_seq = first_seq + len(chunks)
+        except BaseException as exc:
+            if accepted:  # part of the batch is on the server: the sequence is now unknown
+                self._seq.break_with(exc)
+            raise
+        finally:
+            self._seq.advance(tickets[-1] + 1)
+        loop = asyncio.get_running_loop()
+        polls = [
+            self._service._poller.result(_request_id(r), request_type, _decode_fb,
+                                         protobuf=use_proto, submitted_at=submitted)
+            for r in responses
+        ]
+
+        async def combined() -> t.ForwardBackwardOutput:
+            results = await asyncio.gather(*polls)
+            if len(results) == 1:
+                return results[0]
+            return _chunking.combine_forward_backward_outputs(results)
+
+        return APIFuture._from_task(loop.create_task(combined()), loop)
+
+    # -- queued operations --------------------------------------------------------------
+
+    @homed
+    async def forward_async(
+        self,
+        data: Sequence[t.Datum],
+        loss_fn: t.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[t.ForwardBackwardOutput]:
+        """Compute the loss and per-token logprobs without gradients."""
+        checked = check_forward_backward(data, loss_fn, loss_fn_config)
+        return await self._run_forward_backward(checked, loss_fn, loss_fn_config, True)
+
+    @homed
+    async def forward_backward_async(
+        self,
+        data: Sequence[t.Datum],
+        loss_fn: t.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[t.ForwardBackwardOutput]:
+        """Compute the loss and accumulate its gradients (applied by :meth:`optim_step`).
+
+        Batches over 1024 datums or about 5 MB are split into several requests and their
+        results merged, as the official SDK does.
+        """
+        checked = check_forward_backward(data, loss_fn, loss_fn_config)
+        return await self._run_forward_backward(checked, loss_fn, loss_fn_config, False)
+
+    @homed
+    async def forward_backward_custom_async(
+        self, data: Sequence[t.Datum], loss_fn: CustomLossFn
+    ) -> APIFuture[t.ForwardBackwardOutput]:
+        """Train on a loss computed here, from the model's per-token logprobs.
+
+        ``loss_fn(data, logprobs)`` gets one logprob array per datum. With torch installed
+        they are tensors that require grad and ``loss_fn`` returns ``(loss, metrics)``;
+        otherwise they are numpy arrays and ``loss_fn`` returns ``(loss, metrics, grads)``
+        with ``grads[i] = d loss / d logprobs[i]``. The server then trains on
+        ``cross_entropy`` with ``weights = -grads``, which has the same gradient.
+        """
+        checked = check_forward_backward(data, "cross_entropy", None)
+        forward_data = [
+            t.Datum(model_input=d.model_input, loss_fn_inputs={
+                "target_tokens": d.loss_fn_inputs["target_tokens"],
+                "weights": t.TensorData.from_numpy(
+                    np.zeros(len(d.loss_fn_inputs["target_tokens"].data), dtype=np.float32)),
+            }) for d in checked
+        ]
+        tickets = self._seq.tickets(2)
+        forward = await self._run_forward_backward(forward_data, "cross_entropy", None, True,
+                                                   tickets=range(tickets[0], tickets[0] + 1))
+        try:
+            logprobs = [out["logprobs"].to_numpy() for out in (await forward).loss_fn_outputs]
+            loss_sum, metrics, grads = _custom_loss_gradients(loss_fn, checked, logprobs)
+            backward_data = [
+                t.Datum(model_input=d.model_input, loss_fn_inputs={
+                    "target_tokens": d.loss_fn_inputs["target_tokens"],
+                    "weights": t.TensorData.from_numpy((-np.asarray(g, dtype=np.float32)).ravel()),
+                }) for d, g in zip(checked, grads, strict=True)
+            ]
+        except BaseException as exc:
+            # The second place in line must still be used or given up, or later calls wait forever.
+            await self._seq.wait_turn(tickets[1])
+            self._seq.advance(tickets[1] + 1)
+            raise InvalidRequestError(f"the custom loss failed: {exc!r}") from exc
+        backward = await self._run_forward_backward(
+            backward_data, "cross_entropy", None, False, tickets=range(tickets[1], tickets[1] + 1))
+        loop = asyncio.get_running_loop()
+
+        async def merged() -> t.ForwardBackwardOutput:
+            out = await backward
+            metrics_out = dict(out.metrics)
+            surrogate = metrics_out.pop("loss:sum", None)
+            metrics_out.update({k: float(v) for k, v in metrics.items()})
+            metrics_out["loss:sum"] = loss_sum
+            if surrogate is not None:
+                metrics_out["surrogate_loss:sum"] = surrogate
+            return t.ForwardBackwardOutput(loss_fn_output_type=out.loss_fn_output_type,
+                                           loss_fn_outputs=out.loss_fn_outputs, metrics=metrics_out)
+
+        return APIFuture._from_task(loop.create_task(merged()), loop)
+
+    @homed
+    async def optim_step_async(
+        self, optim_params: t.AdamParams | None = None, *, adam_params: t.AdamParams | None = None
+    ) -> APIFuture[t.OptimStepResponse]:
+        """Apply the accumulated gradients with AdamW (``AdamParams``; defaults if omitted)."""
+        if optim_params is not None and adam_params is not None:
+            raise InvalidRequestError("pass optim_params or adam_params, not both")
+        params = check_adam_params(optim_params if optim_params is not None else adam_params)
+        adam = {"learning_rate": params.learning_rate, "beta1": params.beta1,
+                "beta2": params.beta2, "eps": params.eps, "weight_decay": params.weight_decay}
+        if params.grad_clip_norm:
+            adam["grad_clip_norm"] = params.grad_clip_norm
+        ticket = self._seq.tickets(1)[0]
+        return await self._submit(
+            ticket, "optim_step",
+            lambda seq: {"model_id": self.model_id, "seq_id": seq, "adam_params": adam,
+                         "type": "optim_step"},
+            "OptimStep", lambda r: r.decode(t.OptimStepResponse))
+
+    @homed
+    async def save_state_async(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: Mapping[str, Any] | None = None,
+    ) -> APIFuture[t.SaveWeightsResponse]:
+        """Save weights and optimizer state as ``tinker://<run>/weights/<name>``."""
+        body = self._save_body(check_checkpoint_name(name), ttl_seconds, user_metadata)
+        if overwrite:
+            body["overwrite"] = True
+        ticket = self._seq.tickets(1)[0]
+        return await self._submit(
+            ticket, "save_weights", lambda seq: {**body, "seq_id": seq, "type": "save_weights"},
+            "SaveWeights", lambda r: r.decode(t.SaveWeightsResponse))
+
+    @homed
+    async def save_weights_for_sampler_async(
+        self, name: str, ttl_seconds: int | None = None, user_metadata: Mapping[str, Any] | None = None
+    ) -> APIFuture[t.SaveWeightsForSamplerResponse]:
+        """Save sampler weights as ``tinker://<run>/sampler_weights/<name>``."""
+        body = self._save_body(check_checkpoint_name(name), ttl_seconds, user_metadata)
+        ticket = self._seq.tickets(1)[0]
+        return await self._submit(
+            ticket, "save_weights_for_sampler",
+            lambda seq: {**body, "seq_id": seq, "type": "save_weights_for_sampler"},
+            "SaveWeightsForSampler", lambda r: r.decode(t.SaveWeightsForSamplerResponse))
+
+    @homed
+    async def save_weights_external_async(
+        self, name: str, ttl_seconds: int | None = None,
+        age_encryption_recipients: Sequence[str] | None = None,
+    ) -> APIFuture[t.SaveWeightsExternalResponse]:
+        """Export the weights in HF/PEFT format as ``tinker://<run>/external_weights/<name>``."""
+        body = self._save_body(check_checkpoint_name(name), ttl_seconds, None)
+        if age_encryption_recipients:
+            if len(age_encryption_recipients) > 10:
+                raise InvalidRequestError("at most 10 age_encryption_recipients")
+            body["age_encryption_recipients"] = list(age_encryption_recipients)
+        ticket = self._seq.tickets(1)[0]
+        return await self._submit(
+            ticket, "save_weights_external",
+            lambda seq: {**body, "seq_id": seq, "type": "save_weights_external"},
+            "SaveWeightsExternal", lambda r: r.decode(t.SaveWeightsExternalResponse))
+
+    def _save_body(
+        self, name: str, ttl_seconds: int | None, user_metadata: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model_id": self.model_id, "path": name}
+        if ttl_seconds is not None:
+            if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+                raise InvalidRequestError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
+            body["ttl_seconds"] = ttl_seconds
+        if user_metadata:
+            body["user_metadata"] = dict(user_metadata)
+        return body
+
+    async def _load(self, path: str, optimizer: bool, token: str | None) -> APIFuture[t.LoadWeightsResponse]:
+        from .paths import parse_checkpoint_path
+
+        parse_checkpoint_path(path)
+        body: dict[str, Any] = {"model_id": self.model_id, "path": path, "optimizer": optimizer,
+                                "type": "load_weights"}
+        if token:
+            body["weights_access_token"] = token
+        ticket = self._seq.tickets(1)[0]
+        return await self._submit(ticket, "load_weights", lambda seq: {**body, "seq_id": seq},
+                                  "LoadWeights", lambda r: r.decode(t.LoadWeightsResponse))
+
+    @homed
+    async def load_state_async(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[t.LoadWeightsResponse]:
+        """Load weights (not the optimizer state) from a ``tinker://`` checkpoint."""
+        return await self._load(path, False, weights_access_token)
+
+    @homed
+    async def load_state_with_optimizer_async(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[t.LoadWeightsResponse]:
+        """Load weights and the optimizer state from a ``tinker://`` checkpoint."""
+        return await self._load(path, True, weights_access_token)
+
+    # -- sampling clients ---------------------------------------------------------------
+
+    @homed
+    async def save_weights_and_get_sampling_client_async(
+        self,
+        name: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+        kind: Literal["snapshot", "inflight"] = "snapshot",
+    ) -> SamplingClient:
+        """Save the current weights for sampling and return a SamplingClient on them."""
+        service = self._service
+        dialect = service._transport.dialect
+        if not dialect.has_client_config:
+            # Older servers have no ephemeral sampler save: save under a name instead.
+            saved = await (await self.save_weights_for_sampler_async(
+                name or f"ephemeral-{int(time.time() * 1000)}"))
+            return await service.create_sampling_client_async(
+                model_path=saved.path, base_model=self.get_base_model())
+        ticket = self._seq.tickets(1)[0]
+        sampling_seq = service._next_sampling_session_seq()
+        body: dict[str, Any] = {"model_id": self.model_id, "sampling_session_seq_id": sampling_seq,
+                                "type": "save_weights_for_sampler"}
+        if kind != "snapshot":
+            body["kind"] = kind
+        future = await self._submit(
+            ticket, "save_weights_for_sampler", lambda seq: {**body, "seq_id": seq},
+            "SaveWeightsForSampler", lambda r: r.json())
+        result = await future
+        sampling_session_id = result.get("sampling_session_id") if isinstance(result, dict) else None
+        if not sampling_session_id:
+            raise APIError(f"save_weights_for_sampler gave no sampling_session_id: {result!r}")
+        from .sampling import SamplingClient
+
+        return SamplingClient(service, sampling_session_id, base_model=self.get_base_model(),
+                              record_stability_info=record_stability_info)
+
+    @homed
+    async def create_sampling_client_async(
+        self, model_path: str, retry_config: Any = None, record_stability_info: bool = False
+    ) -> SamplingClient:
+        """A SamplingClient on saved sampler weights (``tinker://.../sampler_weights/...``)."""
+        return await self._service.create_sampling_client_async(
+            model_path=model_path, base_model=self.get_base_model(),
+            record_stability_info=record_stability_info)
+
+    # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
+    def forward(self, data: Sequence[t.Datum], loss_fn: t.LossFnType, loss_fn_config: Mapping[str, float | str] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
+        """Compute the loss and per-token logprobs without gradients.
+
+        Sync form of :meth:`forward_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.forward_async(data, loss_fn, loss_fn_config))
+
+    def forward_backward(self, data: Sequence[t.Datum], loss_fn: t.LossFnType, loss_fn_config: Mapping[str, float | str] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
+        """Compute the loss and accumulate its gradients (applied by :meth:`optim_step`).
+
+        Sync form of :meth:`forward_backward_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.forward_backward_async(data, loss_fn, loss_fn_config))
+
+    def forward_backward_custom(self, data: Sequence[t.Datum], loss_fn: CustomLossFn) -> APIFuture[t.ForwardBackwardOutput]:
+        """Train on a loss computed here, from the model's per-token logprobs.
+
+        Sync form of :meth:`forward_backward_custom_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.forward_backward_custom_async(data, loss_fn))
+
+    def optim_step(self, optim_params: t.AdamParams | None=None, *, adam_params: t.AdamParams | None=None) -> APIFuture[t.OptimStepResponse]:
+        """Apply the accumulated gradients with AdamW (``AdamParams``; defaults if omitted).
+
+        Sync form of :meth:`optim_step_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.optim_step_async(optim_params, adam_params=adam_params))
+
+    def save_state(self, name: str, ttl_seconds: int | None=None, overwrite: bool=False, user_metadata: Mapping[str, Any] | None=None) -> APIFuture[t.SaveWeightsResponse]:
+        """Save weights and optimizer state as ``tinker://<run>/weights/<name>``.
+
+        Sync form of :meth:`save_state_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.save_state_async(name, ttl_seconds, overwrite, user_metadata))
+
+    def save_weights_for_sampler(self, name: str, ttl_seconds: int | None=None, user_metadata: Mapping[str, Any] | None=None) -> APIFuture[t.SaveWeightsForSamplerResponse]:
+        """Save sampler weights as ``tinker://<run>/sampler_weights/<name>``.
+
+        Sync form of :meth:`save_weights_for_sampler_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.save_weights_for_sampler_async(name, ttl_seconds, user_metadata))
+
+    def save_weights_external(self, name: str, ttl_seconds: int | None=None, age_encryption_recipients: Sequence[str] | None=None) -> APIFuture[t.SaveWeightsExternalResponse]:
+        """Export the weights in HF/PEFT format as ``tinker://<run>/external_weights/<name>``.
+
+        Sync form of :meth:`save_weights_external_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.save_weights_external_async(name, ttl_seconds, age_encryption_recipients))
+
+    def load_state(self, path: str, weights_access_token: str | None=None) -> APIFuture[t.LoadWeightsResponse]:
+        """Load weights (not the optimizer state) from a ``tinker://`` checkpoint.
+
+        Sync form of :meth:`load_state_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.load_state_async(path, weights_access_token))
+
+    def load_state_with_optimizer(self, path: str, weights_access_token: str | None=None) -> APIFuture[t.LoadWeightsResponse]:
+        """Load weights and the optimizer state from a ``tinker://`` checkpoint.
+
+        Sync form of :meth:`load_state_with_optimizer_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_flat(self, self.load_state_with_optimizer_async(path, weights_access_token))
+
+    def save_weights_and_get_sampling_client(self, name: str | None=None, retry_config: Any=None, record_stability_info: bool=False, kind: Literal['snapshot', 'inflight']='snapshot') -> ClientFuture[SamplingClient]:
+        """Save the current weights for sampling and return a SamplingClient on them.
+
+        Sync form of :meth:`save_weights_and_get_sampling_client_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_client(self, self.save_weights_and_get_sampling_client_async(name, retry_config, record_stability_info, kind))
+
+    def create_sampling_client(self, model_path: str, retry_config: Any=None, record_stability_info: bool=False) -> ClientFuture[SamplingClient]:
+        """A SamplingClient on saved sampler weights (``tinker://.../sampler_weights/...``).
+
+        Sync form of :meth:`create_sampling_client_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call_client(self, self.create_sampling_client_async(model_path, retry_config, record_stability_info))
+    # --- END GENERATED SYNC FORMS ---
+
+
+def _request_id(resp: Response) -> str:
+    data = resp.json()
+    rid = data.get("request_id") if isinstance(data, dict) else None
+    if not isinstance(rid, str) or not rid:
+        raise APIError(f"the server accepted the request but gave no request_id: {data!r}")
+    return rid
+
+
+def _custom_loss_gradients(
+    loss_fn: CustomLossFn, data: list[t.Datum], logprobs: list[np.ndarray[Any, Any]]
+) -> tuple[float, dict[str, float], list[np.ndarray[Any, Any]]]:
+    """Run a custom loss; return (loss sum, metrics, d loss / d logprobs per datum)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        tensors = [torch.tensor(lp, requires_grad=True) for lp in logprobs]
+        out = loss_fn(data, tensors)
+        loss, metrics = out[0], out[1]
+        loss.backward()
+        grads = [x.grad.detach().numpy() if x.grad is not None else np.zeros_like(lp)
+                 for x, lp in zip(tensors, logprobs, strict=True)]
+        return float(loss.detach().sum()), {k: float(v) for k, v in metrics.items()}, grads
+    out = loss_fn(data, logprobs)
+    if len(out) != 3:
+        raise InvalidRequestError(
+            "without torch, a custom loss must return (loss, metrics, grads) where grads[i] is "
+            "d loss / d logprobs[i] (install torch to have gradients computed for you)"
+        )
+    loss, metrics, grads = out
+    if len(grads) != len(logprobs):
+        raise InvalidRequestError(f"{len(grads)} gradients for {len(logprobs)} datums")
+    for i, (g, lp) in enumerate(zip(grads, logprobs, strict=True)):
+        if np.shape(g) != np.shape(lp):
+            raise InvalidRequestError(f"grads[{i}] has shape {np.shape(g)}, logprobs {np.shape(lp)}")
+    return float(np.sum(loss)), {k: float(v) for k, v in metrics.items()}, [np.asarray(g) for g in grads]

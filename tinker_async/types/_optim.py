@@ -1,0 +1,110 @@
+"""Optimizers: per-step parameters, the optimizer chosen at creation, ``optim_step``."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+from ._base import Model
+from ._codec import keep
+
+__all__ = [
+    "AdamOptimizerConfig",
+    "AdamParams",
+    "DimuonOptimizerConfig",
+    "DimuonParams",
+    "OptimParams",
+    "OptimStepRequest",
+    "OptimStepResponse",
+    "OptimizerConfig",
+]
+
+
+class AdamParams(Model, kw_only=True, frozen=True):
+    """AdamW step parameters (wire ``adam_params``); every value is always sent.
+
+    Weight decay is decoupled; ``grad_clip_norm=0`` means no clipping.
+    """
+
+    learning_rate: float = keep(0.0001)
+    beta1: float = keep(0.9)
+    beta2: float = keep(0.95)
+    eps: float = keep(1e-12)
+    weight_decay: float = keep(0.0)
+    grad_clip_norm: float = keep(0.0)
+
+
+class DimuonParams(Model, kw_only=True, frozen=True, tag="dimuon", tag_field="type"):
+    """Dimuon step parameters (wire ``optimizer_params`` with ``type: "dimuon"``)."""
+
+    learning_rate: Annotated[float, msgspec.Meta(ge=0)]
+    grad_clip_norm: float = keep(0.0)
+    beta1: Annotated[float, msgspec.Meta(ge=0, lt=1)] = keep(0.9)
+    type: ClassVar[Literal["dimuon"]] = "dimuon"
+
+
+OptimParams = AdamParams | DimuonParams
+"""Parameters of one optimizer step."""
+
+
+class AdamOptimizerConfig(Model, kw_only=True, frozen=True, tag="adamw", tag_field="type"):
+    """Selects AdamW at model creation (wire ``{"type": "adamw"}``; the default)."""
+
+    type: ClassVar[Literal["adamw"]] = "adamw"
+
+
+class DimuonOptimizerConfig(Model, kw_only=True, frozen=True, tag="dimuon", tag_field="type"):
+    """Selects Dimuon at model creation (wire ``{"type": "dimuon", "version": 1}``)."""
+
+    version: Literal[1] = keep(1)
+    type: ClassVar[Literal["dimuon"]] = "dimuon"
+
+
+OptimizerConfig = AdamOptimizerConfig | DimuonOptimizerConfig
+"""The optimizer family of a training model, fixed at creation."""
+
+ADAMW_DEFAULT = AdamOptimizerConfig()
+"""The shared default instance: msgspec omits a default only when it *is* this object."""
+
+
+def normalized_optimizer_config(config: OptimizerConfig | None) -> OptimizerConfig | None:
+    """``ADAMW_DEFAULT`` for any AdamW config (so it is left off the wire), else ``config``."""
+    return ADAMW_DEFAULT if isinstance(config, AdamOptimizerConfig) else config
+
+
+class OptimStepRequest(Model, kw_only=True, frozen=True, tag="optim_step", tag_field="type"):
+    """One optimizer step (wire ``type: "optim_step"``).
+
+    The official field ``optim_params`` is sent as ``adam_params`` for AdamW and as
+    ``optimizer_params`` for other families. Passing a non-Adam value as
+    ``optim_params=`` works: it is moved to ``optimizer_params`` on construction.
+    """
+
+    optim_params: AdamParams | None = msgspec.field(default=None, name="adam_params")
+    optimizer_params: DimuonParams | None = None
+    model_id: str
+    seq_id: int | None = None
+    type: ClassVar[Literal["optim_step"]] = "optim_step"
+
+    def __post_init__(self) -> None:
+        params: object = self.optim_params
+        if params is not None and not isinstance(params, AdamParams):
+            msgspec.structs.force_setattr(self, "optimizer_params", params)
+            msgspec.structs.force_setattr(self, "optim_params", None)
+        if self.optim_params is None and self.optimizer_params is None:
+            raise ValueError("OptimStepRequest needs optim_params (AdamParams or DimuonParams)")
+
+    @property
+    def params(self) -> OptimParams:
+        """The step parameters, whichever family they belong to."""
+        if self.optim_params is not None:
+            return self.optim_params
+        assert self.optimizer_params is not None  # guaranteed by __post_init__
+        return self.optimizer_params
+
+
+class OptimStepResponse(Model, kw_only=True, frozen=True):
+    """Result of ``optim_step``: optional metrics by name."""
+
+    metrics: dict[str, float] | None = None
