@@ -29,4 +29,4 @@ async def server_target(base_model: str = "local/byte-lm") -> AsyncIterator[Targ
 
     async with LocalServer() as srv:
         print(f"started the embedded server at {srv.url}")
-        yield Target(srv.url, srv.api_key or "tml-local", base_model, embedded=True)
+        yield Target(srv.url, srv.api_key, base_model, embedded=True)

@@ -150,6 +150,12 @@ class LocalServer:
         return f"http://{host}:{self.port}"
 
     @property
+    def api_key(self) -> str:
+        """A key this server accepts: the configured one, or (none configured, so any key
+        is accepted) a placeholder in the official form."""
+        return self.config.api_key or "tml-local-any-key"
+
+    @property
     def running(self) -> bool:
         """Whether the server is serving."""
         return self._runner is not None

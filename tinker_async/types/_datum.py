@@ -176,10 +176,10 @@ class Datum:
         ) -> None: ...
 
     def __post_init__(self) -> None:
+        # Always a new dict (as in the SDK), so later changes to the caller's dict don't leak in.
         inputs: Mapping[str, Any] = self.loss_fn_inputs
-        if any(not isinstance(v, TensorData) for v in inputs.values()):
-            converted = {key: to_tensor_data(key, value) for key, value in inputs.items()}
-            object.__setattr__(self, "loss_fn_inputs", converted)
+        converted = {key: to_tensor_data(key, value) for key, value in inputs.items()}
+        object.__setattr__(self, "loss_fn_inputs", converted)
         _check_span_list("model_input_spans", self.model_input_spans)
         _check_span_list("loss_fn_input_spans", self.loss_fn_input_spans)
         if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
