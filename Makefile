@@ -29,7 +29,7 @@ test: $(TEST_VENV)/.installed lint typecheck
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python scripts/gen_sync.py --check
-	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples benchmarks
+	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples $(wildcard benchmarks)
 
 typecheck: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/mypy tinker_async tests/typing/usage_check.py

@@ -149,3 +149,16 @@ def test_matches_the_official_parser() -> None:
         official.SaveWeightsResponse(path=f"tinker://{RUN}/weights/a").get_console_url()
         == T.SaveWeightsResponse(path=f"tinker://{RUN}/weights/a").get_console_url()
     )
+
+
+def test_invalid_path_is_a_typed_picklable_value_error() -> None:
+    import pickle
+
+    from tinker_async import InvalidRequestError, TinkerError
+
+    with pytest.raises(TinkerError) as info:
+        parse_checkpoint_path("tinker://run/bogus/x")
+    err = info.value
+    assert isinstance(err, ValueError) and isinstance(err, InvalidRequestError)
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and again.path == "tinker://run/bogus/x"

@@ -9,7 +9,7 @@ Running it
 ::
 
     async with LocalServer() as srv:                  # on the running loop
-        client = ServiceClient(base_url=srv.url, api_key="tml-local")
+        client = ServiceClient(base_url=srv.url, api_key=srv.api_key)
 
     with LocalServer(api_key="tml-test").in_thread() as srv:   # on its own loop, in a thread
         ...                                           # (blocking clients cannot stall it)
@@ -36,6 +36,30 @@ record_requests=True, max_recorded_requests=100_000, routes=())``.
 - ``poll_hold_s``: how long a pending ``retrieve_future``/``retrieve_futures`` is held.
 
 Every helper below may be called from any thread while the server runs.
+
+Training and sampling
+---------------------
+The model is a small numpy byte-level language model (``_model.py``: 263 tokens = bytes,
+BOS/EOS/PAD and chat-role markers; a window of 8 embeddings, one causal attention head,
+an MLP; 0.36 M parameters, pretrained on public-domain text shipped as ``byte_lm.npz``)
+with one LoRA adapter per training run. ``create_model``, ``get_info``,
+``forward_backward`` (protobuf or JSON, zstd accepted; ``forward_only``; ``/forward`` in
+the legacy dialect), ``optim_step`` (AdamW), ``save_weights`` (with optimizer state),
+``save_weights_for_sampler`` (named, or ephemeral with ``sampling_session_seq_id``),
+``save_weights_external``, ``load_weights`` (legacy, and create-via-load),
+``create_sampling_session`` and ``asample`` (plus tinkercloud's blocking ``/sample``)
+work as the official server's do. Losses: ``cross_entropy``, ``importance_sampling``,
+``ppo``, ``cispo``, ``dro``, ``gspo``.
+
+- Seq ids are enforced per model: requests are applied in seq order whatever order they
+  arrive in (an early one is held up to 60 s for its predecessors), a resubmitted seq id
+  or idempotency key gets the same request id and is not applied twice, and a stale one
+  gets ``409 Sequence conflict``.
+- Sampling requests that arrive together are decoded as one batch (``_batching.py``).
+- ``zero_compute=True`` answers every call at once with well-formed results, for client
+  benchmarks. With real compute the server runs numpy with one BLAS thread (faster on
+  small shared machines) and keeps the event loop free by computing in worker threads.
+- The model registry is ``ctx.extras["models"]`` (``_models.py``).
 
 Test helpers
 ------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import quote
 
+from ..errors import InvalidRequestError
 from ._base import Model
 
 __all__ = [
@@ -61,13 +62,18 @@ _EXPECTED = "tinker://<run_id>/weights/<name> (or sampler_weights/, external_wei
 CONSOLE_BASE_URL = "https://tinker.thinkingmachines.ai"
 
 
-class InvalidPathError(ValueError):
-    """A checkpoint path that cannot be parsed or built; the message says why."""
+class InvalidPathError(InvalidRequestError):
+    """A checkpoint path that cannot be parsed or built; the message says why.
+
+    A ``ValueError`` (as the official SDK raises) and a :class:`TinkerError`."""
 
     def __init__(self, path: object, problem: str) -> None:
         self.path = path
         self.problem = problem
         super().__init__(f"Invalid checkpoint path {path!r}: {problem}. Expected {_EXPECTED}")
+
+    def __reduce__(self) -> tuple[type[InvalidPathError], tuple[object, str]]:
+        return (type(self), (self.path, self.problem))
 
 
 class ParsedCheckpointTinkerPath(Model, kw_only=True, frozen=True):
