@@ -7,8 +7,9 @@ what the base model writes by chance (about 0.06) towards 1.0 in a few dozen sec
 
 Each step:
 
-1. **Sample** ``--groups`` prompts x ``--group-size`` completions (64 by default, all in
-   flight at once: one ``sample_async(num_samples=group_size)`` call per prompt).
+1. **Sample** ``--groups`` prompts x ``--group-size`` completions (16 x 8 = 128 by
+   default, all in flight at once: one ``sample_async(num_samples=group_size)`` call per
+   prompt).
 2. **Score** them; the advantage of a completion is its reward minus its group's mean
    (GRPO: no value function, the group is the baseline).
 3. **Train**: one ``Datum`` per completion, with the prompt and the sampled tokens as the
@@ -26,7 +27,7 @@ Runs against the embedded server (no account needed), or any Tinker-compatible s
 ``TINKER_BASE_URL`` with ``TINKER_API_KEY`` (and ``TINKER_BASE_MODEL``)::
 
     python examples/rl_loop.py                    # the README demo (`make demo`)
-    python examples/rl_loop.py --steps 10 --groups 16 --group-size 8 --letter e
+    python examples/rl_loop.py --steps 10 --groups 8 --group-size 8 --letter e --on-policy
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ class Rollouts:
     version: int = 0  # how many optimizer steps the sampler's weights had seen
 
 
-def reward(tokens: list[int], target: int, budget: int) -> float:
-    """Fraction of the token budget spent on the target byte."""
-    return sum(1 for tok in tokens if tok == target) / budget
+def reward(text: str, letter: str, budget: int) -> float:
+    """Fraction of the completion's characters that are ``letter``, counting unused budget
+    as misses (so stopping early does not pay). With byte tokens: target bytes / budget."""
+    return text.count(letter) / max(len(text), budget)
 
 
 async def rollout(
@@ -90,24 +92,25 @@ async def rollout(
     version: int,
 ) -> Rollouts:
     """Sample a group per prompt (all concurrently), score it, build the datums."""
-    target = ord(args.letter)
     params = tinker.SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=seed)
 
-    async def group(text: str) -> tuple[list[int], tinker.SampleResponse]:
+    async def group(text: str) -> tuple[str, list[int], tinker.SampleResponse]:
         prompt = tokenizer.encode(text)  # type: ignore[attr-defined]
         response = await sampler.sample_async(
             tinker.ModelInput.from_ints(prompt), num_samples=args.group_size,
             sampling_params=params)
-        return prompt, response
+        return text, prompt, response
 
     out = Rollouts(version=version)
-    for prompt, response in await asyncio.gather(*(group(p) for p in prompts)):
-        rewards = [reward(seq.tokens, target, args.max_tokens) for seq in response.sequences]
+    for prompt_text, prompt, response in await asyncio.gather(*(group(p) for p in prompts)):
+        texts = [tokenizer.decode(seq.tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
+                 for seq in response.sequences]
+        rewards = [reward(text, args.letter, args.max_tokens) for text in texts]
         baseline = statistics.fmean(rewards)
         out.rewards += rewards
+        out.texts += [f"{prompt_text!r} -> {text!r}" for text in texts]
         for seq, r in zip(response.sequences, rewards, strict=True):
             out.tokens += len(seq.tokens)
-            out.texts.append(tokenizer.decode(seq.tokens))  # type: ignore[attr-defined]
             advantage = r - baseline
             if advantage == 0.0:
                 continue  # no signal: the datum would add nothing to the gradient
@@ -129,7 +132,7 @@ async def rollout(
 def show_samples(title: str, batch: Rollouts, count: int = 3) -> None:
     print(title)
     for text in batch.texts[:: max(1, len(batch.texts) // count)][:count]:
-        print(f"    {text!r}")
+        print(f"    {text}")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -142,8 +145,8 @@ async def main(args: argparse.Namespace) -> None:
         tokenizer = training.get_tokenizer()
         adam = tinker.AdamParams(learning_rate=args.lr)
         per_step = args.groups * args.group_size
-        print(f"task: reward = fraction of the {args.max_tokens} sampled bytes that are "
-              f"{args.letter!r}")
+        print(f"task: continue a prompt; reward = the fraction of the {args.max_tokens}-token "
+              f"completion that is the letter {args.letter!r}")
         print(f"{args.steps} steps x {args.groups} prompts x {args.group_size} samples "
               f"= {per_step} samples in flight per step; lr {args.lr}, LoRA rank {args.rank}, "
               f"{'on-policy' if args.on_policy else 'sampling overlaps training'}")
@@ -203,7 +206,7 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    parser.add_argument("--groups", type=int, default=8, help="prompts per step (default 8)")
+    parser.add_argument("--groups", type=int, default=16, help="prompts per step (default 16)")
     parser.add_argument("--group-size", type=int, default=8,
                         help="samples per prompt (default 8)")
     parser.add_argument("--max-tokens", type=int, default=16,
@@ -215,8 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--on-policy", action="store_true",
                         help="wait for each update before sampling (no overlap)")
     args = parser.parse_args(argv)
-    if len(args.letter.encode()) != 1:
-        parser.error("--letter must be one ASCII character")
+    if len(args.letter) != 1:
+        parser.error("--letter must be one character")
     return args
 
 
