@@ -19,9 +19,9 @@ $(DEMO_VENV)/.installed: pyproject.toml
 	$(DEMO_VENV)/bin/python -m pip install -q -e .
 	touch $@
 
-## demo: run the main demo against the embedded server
+## demo: the RL demo (rewards rising) against the embedded server
 demo: $(DEMO_VENV)/.installed
-	$(DEMO_VENV)/bin/python examples/rest_walkthrough.py
+	$(DEMO_VENV)/bin/python examples/rl_loop.py
 
 ## test: generated-code check, lint, type checks, then the whole test suite
 test: $(TEST_VENV)/.installed lint typecheck

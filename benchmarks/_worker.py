@@ -202,10 +202,12 @@ def task_sample(spec: dict[str, Any]) -> dict[str, Any]:
                        int(spec.get("max_threads", 64)))
         peaks = _Peaks()
         peaks.sample()
+        _emit("PROBE", {"phase": "start"})
         cpu0, wall0 = _cpu(), time.perf_counter()
         lat, errors, first = _drive_threads(sync.submit, concurrency, count, deadline, peaks,
                                             int(spec.get("max_threads", 64)))
         wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        _emit("PROBE", {"phase": "end"})
         out = _summary(lat, errors, first, wall, cpu, peaks)
         out["driver_threads"] = min(concurrency, int(spec.get("max_threads", 64)))
         _close_quietly(sync.close)
@@ -219,10 +221,12 @@ def task_sample(spec: dict[str, Any]) -> dict[str, Any]:
         await _drive_async(sampler.sample, min(concurrency, warmup), warmup, 30, None)
         peaks = _Peaks()
         peaks.sample()
+        _emit("PROBE", {"phase": "start"})
         cpu0, wall0 = _cpu(), time.perf_counter()
         lat, errors, first = await _drive_async(sampler.sample, concurrency, count, deadline,
                                                 peaks)
         wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        _emit("PROBE", {"phase": "end"})
         out = _summary(lat, errors, first, wall, cpu, peaks)
         out["driver_threads"] = 0
         try:
@@ -271,7 +275,7 @@ def task_inflight(spec: dict[str, Any]) -> dict[str, Any]:
             peak = max(peak, _status()["VmRSS"])
             peaks.sample()
             time.sleep(0.1)
-        _emit("PROBE", {"at_s": time.perf_counter() - started})
+        _emit("PROBE", {"phase": "held", "at_s": time.perf_counter() - started})
         done = 0
         for fut in futures:
             try:
@@ -302,7 +306,7 @@ def task_inflight(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(0.1)
             peak = max(peak, _status()["VmRSS"])
             peaks.sample()
-        _emit("PROBE", {"at_s": time.perf_counter() - started})
+        _emit("PROBE", {"phase": "held", "at_s": time.perf_counter() - started})
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
         done = sum(1 for r in results if not isinstance(r, BaseException))
         try:
@@ -425,16 +429,12 @@ TASKS = {"import": task_import, "sample": task_sample, "inflight": task_inflight
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    if spec.get("profile"):
+    if spec.get("profile"):  # a cProfile dump of the whole task, for digging in
         import cProfile
-        import pstats
 
         prof = cProfile.Profile()
         result = prof.runcall(TASKS[spec["task"]], spec)
         prof.dump_stats(spec["profile"])
-        stats = pstats.Stats(spec["profile"])
-        stats.sort_stats("cumulative")
-        del stats
     else:
         result = TASKS[spec["task"]](spec)
     _emit("RESULT", result)

@@ -39,6 +39,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -85,25 +86,27 @@ def reward(text: str, letter: str, budget: int) -> float:
 
 async def rollout(
     sampler: tinker.SamplingClient,
-    tokenizer: object,
+    tokenizer: Any,
     prompts: list[str],
     args: argparse.Namespace,
     seed: int,
     version: int,
 ) -> Rollouts:
     """Sample a group per prompt (all concurrently), score it, build the datums."""
-    params = tinker.SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=seed)
 
-    async def group(text: str) -> tuple[str, list[int], tinker.SampleResponse]:
-        prompt = tokenizer.encode(text)  # type: ignore[attr-defined]
+    async def group(i: int, text: str) -> tuple[str, list[int], tinker.SampleResponse]:
+        prompt = tokenizer.encode(text)
+        params = tinker.SamplingParams(max_tokens=args.max_tokens, temperature=1.0,
+                                       seed=seed * 1000 + i)
         response = await sampler.sample_async(
             tinker.ModelInput.from_ints(prompt), num_samples=args.group_size,
             sampling_params=params)
         return text, prompt, response
 
     out = Rollouts(version=version)
-    for prompt_text, prompt, response in await asyncio.gather(*(group(p) for p in prompts)):
-        texts = [tokenizer.decode(seq.tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
+    for prompt_text, prompt, response in await asyncio.gather(
+            *(group(i, p) for i, p in enumerate(prompts))):
+        texts = [tokenizer.decode(seq.tokens, skip_special_tokens=True)
                  for seq in response.sequences]
         rewards = [reward(text, args.letter, args.max_tokens) for text in texts]
         baseline = statistics.fmean(rewards)
@@ -116,6 +119,8 @@ async def rollout(
                 continue  # no signal: the datum would add nothing to the gradient
             # Input: prompt + sample minus the last token; targets: shifted by one. Only
             # the sampled positions carry the sampler's logprobs and the advantage.
+            if seq.logprobs is None:
+                raise RuntimeError("the server sent no logprobs for the sampled tokens")
             full = prompt + list(seq.tokens)
             n_prompt = len(prompt) - 1
             out.data.append(tinker.Datum(
@@ -156,7 +161,7 @@ async def main(args: argparse.Namespace) -> None:
             prompts = rng.sample(PROMPTS, k=min(args.groups, len(PROMPTS)))
             prompts += rng.choices(PROMPTS, k=args.groups - len(prompts))
             return asyncio.create_task(rollout(
-                sampler, tokenizer, prompts, args, seed=args.seed * 100_003 + step,
+                sampler, tokenizer, prompts, args, seed=args.seed * 100_000 + step,
                 version=version))
 
         clock = Stopwatch()
@@ -220,6 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.letter) != 1:
         parser.error("--letter must be one character")
+    if min(args.steps, args.groups, args.group_size, args.max_tokens) < 1:
+        parser.error("--steps, --groups, --group-size and --max-tokens must be positive")
     return args
 
 

@@ -119,7 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-tokens", type=int, default=60,
                         help="tokens to sample at the end (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.steps, args.batch_size, args.window) < 1:
+        parser.error("--steps, --batch-size and --window must be positive")
+    return args
 
 
 if __name__ == "__main__":

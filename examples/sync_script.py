@@ -42,7 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.steps, args.batch_size, args.window) < 1:
+        parser.error("--steps, --batch-size and --window must be positive")
+    return args
 
 
 def main(args: argparse.Namespace) -> None:

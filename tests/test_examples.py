@@ -45,9 +45,9 @@ LOSS_LINE = r"loss: start ([\d.]+) -> end ([\d.]+) .*ratio ([\d.]+)"
 
 @pytest.mark.parametrize("script", ["sl_loop.py", "sync_script.py"])
 def test_sft_loss_falls_by_half(script: str) -> None:
-    out = run_example(script, "--steps", "20", "--batch-size", "8", "--window", "48")
+    out = run_example(script, "--steps", "30", "--batch-size", "8", "--window", "64")
     assert "started the embedded server" in out
-    assert len(re.findall(r"^step +\d+ +loss", out, re.M)) == 20
+    assert len(re.findall(r"^step +\d+ +loss", out, re.M)) == 30
     start, end, ratio = grab(LOSS_LINE, out)
     assert end <= 0.5 * start, out
     assert ratio <= 0.5

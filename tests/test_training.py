@@ -141,7 +141,7 @@ async def test_sft_loss_falls_over_optim_steps(tc: tinker.TrainingClient) -> Non
     losses = []
     for _ in range(5):
         fb = await tc.forward_backward_async(batch, "cross_entropy")
-        opt = await tc.optim_step_async(tinker.AdamParams(learning_rate=2e-2))
+        opt = await tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2))
         out = await fb
         losses.append(out.metrics["loss:sum"])
         assert len(out.loss_fn_outputs) == 2
@@ -215,7 +215,7 @@ async def test_forward_computes_without_changing_weights(tc: tinker.TrainingClie
     assert first.metrics["loss:sum"] == pytest.approx(total, rel=1e-4)
     # A forward_backward then optim step does change them.
     await (await tc.forward_backward_async(batch, "cross_entropy"))
-    await (await tc.optim_step_async(tinker.AdamParams(learning_rate=5e-2)))
+    await (await tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2)))
     third = await (await tc.forward_async(batch, "cross_entropy"))
     assert third.metrics["loss:sum"] < first.metrics["loss:sum"]
 
@@ -473,7 +473,7 @@ async def test_save_weights_for_sampler_and_sampling_clients(
     base_lp = await base_sampler.compute_logprobs_async(prompt)
     for _ in range(4):
         await tc.forward_backward_async(batch, "cross_entropy")
-        await tc.optim_step_async(tinker.AdamParams(learning_rate=5e-2))
+        await tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2))
     saved = await (await tc.save_weights_for_sampler_async("s1"))
     assert saved.path == f"tinker://{tc.model_id}/sampler_weights/s1"
     from_path = await tc.create_sampling_client_async(saved.path)
@@ -489,7 +489,8 @@ async def test_save_weights_for_sampler_and_sampling_clients(
     # The ephemeral saves draw from the session's sampling counter and take a seq id.
     saves = [json.loads(r.body) for r in fresh_server.requests
              if r.path.endswith("/save_weights_for_sampler")]
-    assert [s.get("sampling_session_seq_id") for s in saves] == [None, 1, 2]
+    # (0 and 1 went to the two create_sampling_session calls)
+    assert [s.get("sampling_session_seq_id") for s in saves] == [None, 2, 3]
     assert all("kind" not in s for s in saves)  # the default is left out
     seqs = accepted_seqs(fresh_server, tc.model_id)
     assert seqs == list(range(1, len(seqs) + 1))
@@ -565,10 +566,16 @@ async def test_forward_backward_custom_errors_leave_the_client_usable(
     for fn in (broken, two_values, bad_shape):
         with pytest.raises(tinker.InvalidRequestError):
             await tc.forward_backward_custom_async(batch, fn)
+    with pytest.raises(tinker.InvalidRequestError, match="oops"):
+        await tc.forward_backward_custom(batch, broken)  # plain form
+    # The server refuses the forward pass: the backward's place in line is given up too.
+    fresh_server.faults.add(r"/forward_backward$", status=400, count=1)
+    with pytest.raises(tinker.BadRequestError):
+        await tc.forward_backward_custom_async(batch, broken)
     opt = await asyncio.wait_for(tc.optim_step_async(), 20)
     await asyncio.wait_for(opt.result_async(), 20)
-    # Each failed custom call sent its forward (seq 1, 2, 3); the backward was never sent.
-    assert accepted_seqs(fresh_server, tc.model_id) == [1, 2, 3, 4]
+    # Each failed custom call sent its forward (seq 1-4); the backward was never sent.
+    assert accepted_seqs(fresh_server, tc.model_id) == [1, 2, 3, 4, 5]
 
 
 # ------------------------------------------------------------------------ getters and futures

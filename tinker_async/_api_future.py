@@ -85,13 +85,18 @@ class APIFuture(Generic[T]):
     @classmethod
     def _from_task(cls, task: asyncio.Future[T], loop: asyncio.AbstractEventLoop) -> APIFuture[T]:
         """Wrap a task of ``loop`` (called on that loop's thread)."""
+        # ``cf`` stays pending until the task ends (as run_coroutine_threadsafe's does): a
+        # running concurrent future can no longer be cancelled, so a cancelled task would
+        # leave it unfinished and every thread blocked on it would wait forever.
         cf: concurrent.futures.Future[T] = concurrent.futures.Future()
-        cf.set_running_or_notify_cancel()
 
         def copy_outcome(t: asyncio.Future[T]) -> None:
             if t.cancelled():
                 cf.cancel()
-            elif (exc := t.exception()) is not None:
+            exc = None if t.cancelled() else t.exception()
+            if not cf.set_running_or_notify_cancel():
+                return  # cancelled (by the task, or by a caller of cf.cancel())
+            if exc is not None:
                 cf.set_exception(exc)
             else:
                 cf.set_result(t.result())

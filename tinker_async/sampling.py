@@ -17,6 +17,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _proto, _sync
@@ -80,6 +81,9 @@ class SamplingClient:
     def __reduce__(self) -> Any:
         svc = self._service
         config = svc._transport.config
+        if svc._session.id is not None:
+            # An unpickle in this process (or a forked child) joins through this client.
+            _live_services[(config.base_url, svc._session.id)] = svc
         state = {
             "base_url": config.base_url,
             "dialect": svc._transport.dialect.name,
@@ -279,14 +283,22 @@ class SamplingClient:
     # --- END GENERATED SYNC FORMS ---
 
 
+#: ServiceClients whose SamplingClients were pickled, by (base URL, session id)
+_live_services: weakref.WeakValueDictionary[tuple[str, str], ServiceClient] = (
+    weakref.WeakValueDictionary())
+
+
 def _unpickle_sampling_client(state: dict[str, Any]) -> SamplingClient:
     from .service import ServiceClient
 
-    service = ServiceClient._shadow(
-        base_url=state["base_url"], dialect=state["dialect"], route_prefix=state["route_prefix"],
-        flags=state["flags"], has_client_config=state["has_client_config"],
-        session_id=state["session_id"],
-    )
+    service = _live_services.get((state["base_url"], state["session_id"]))
+    if service is None or service._closed:
+        # Another process: join the session with the key from this process's environment.
+        service = ServiceClient._shadow(
+            base_url=state["base_url"], dialect=state["dialect"],
+            route_prefix=state["route_prefix"], flags=state["flags"],
+            has_client_config=state["has_client_config"], session_id=state["session_id"],
+        )
     return SamplingClient(
         service, state["sampling_session_id"], base_model=state["base_model"],
         model_path=state["model_path"], record_stability_info=state["record_stability_info"],

@@ -235,7 +235,7 @@ class ServiceClient:
 
     async def _from_state(
         self, path: str, base_model: str | None, user_metadata: Mapping[str, str] | None,
-        weights_access_token: str | None, optimizer: bool,
+        weights_access_token: str | None, optimizer: bool, optimizer_config: Any = None,
     ) -> TrainingClient:
         parsed = parse_checkpoint_path(path)
         if parsed.checkpoint_type != "training":
@@ -244,27 +244,41 @@ class ServiceClient:
                 "sampler weights cannot be trained from"
             )
         session_id = await self._ensure_session()
-        if base_model is None or not self._transport.dialect.create_via_load:
-            info = await self.create_rest_client().get_training_run_async(parsed.training_run_id)
-            base_model = base_model or info.base_model
-            rank = info.lora_rank or 32
         if self._transport.dialect.create_via_load:
+            # The server reads the base model and LoRA settings from the checkpoint itself
+            # (also one under another account, with weights_access_token): no lookup here.
             body: dict[str, Any] = {"session_id": session_id, "model_seq_id": self._next_model_seq(),
-                                    "base_model": base_model, "path": path,
-                                    "optimizer": optimizer, "type": "load_weights"}
+                                    "path": path, "optimizer": optimizer, "type": "load_weights"}
+            if base_model is not None:
+                body["base_model"] = base_model
             if user_metadata:
                 body["user_metadata"] = dict(user_metadata)
             if weights_access_token:
                 body["weights_access_token"] = weights_access_token
-            resp = await self._transport.request("POST", "load_weights", json=body)
-            result = await self._poll_json(resp.json(), "LoadWeights")
+            if optimizer_config is not None and getattr(optimizer_config, "type", "adamw") != "adamw":
+                body["optimizer_config"] = _to_dict(optimizer_config)
+            promise = (await self._transport.request("POST", "load_weights", json=body)).json()
+            result = await self._poll_json(promise, "LoadWeights")
             model_id = result.get("model_id") if isinstance(result, dict) else None
-            if not isinstance(model_id, str):
-                raise APIError(f"load_weights finished without a model_id: {result!r}")
+            if not isinstance(model_id, str):  # the id the server derives (reference 2.4)
+                model_id = f"{session_id}:train:{body['model_seq_id']}"
             return await self._training_client(model_id, first_seq=1)
-        # Servers without create-via-load: create the model, then load as its first op.
+        # Servers without create-via-load: create a model like the checkpoint's, then load
+        # the checkpoint as its first operation (the only place some servers allow it).
+        rest = self.create_rest_client()
+        lora: dict[str, Any] = {}
+        try:
+            weights = await rest.get_weights_info_async(path)
+            found_base, rank = weights.base_model, weights.lora_rank
+            lora = {k: v for k in ("train_mlp", "train_attn", "train_unembed")
+                    if (v := getattr(weights, k)) is not None}
+        except APIError as exc:
+            log.debug("weights_info failed (%s); asking for the training run instead", exc)
+            run = await rest.get_training_run_async(parsed.training_run_id)
+            found_base, rank = run.base_model, run.lora_rank
         client = await self.create_lora_training_client_async(
-            base_model, rank=rank, user_metadata=user_metadata)
+            base_model or found_base, rank=rank or 32, user_metadata=user_metadata,
+            optimizer=optimizer_config, **lora)
         loader = client.load_state_with_optimizer_async if optimizer else client.load_state_async
         await (await loader(path, weights_access_token))
         return client
@@ -279,7 +293,8 @@ class ServiceClient:
         optimizer: Any = None,
     ) -> TrainingClient:
         """A new training run starting from the weights of a training checkpoint."""
-        return await self._from_state(path, base_model, user_metadata, weights_access_token, False)
+        return await self._from_state(path, base_model, user_metadata, weights_access_token, False,
+                                      optimizer)
 
     @homed
     async def create_training_client_from_state_with_optimizer_async(

@@ -21,8 +21,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,8 @@ __all__ = ["TrainingClient"]
 
 log = logging.getLogger("tinker_async")
 
+T = TypeVar("T")
+
 CustomLossFn = Callable[[list[t.Datum], list[Any]], tuple[Any, ...]]
 
 
@@ -54,6 +56,8 @@ class _Sequencer:
         self._next_ticket = 0
         self._turn = 0
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        #: places given up before their turn came (a call cancelled while it waited)
+        self._skipped: set[int] = set()
         self.next_seq = first_seq
         self.broken: BaseException | None = None
 
@@ -74,20 +78,38 @@ class _Sequencer:
         if self._turn < ticket:
             fut = asyncio.get_running_loop().create_future()
             self._waiters[ticket] = fut
-            await fut
+            try:
+                await fut
+            except asyncio.CancelledError:
+                # A place in line that is never used would stop every later call.
+                self.skip(ticket)
+                raise
         if self.broken is not None:
             raise TinkerError("This TrainingClient is broken; see the earlier error") from self.broken
 
     def advance(self, to_ticket: int) -> None:
         """Let the call holding ``to_ticket`` go next."""
+        while to_ticket in self._skipped:
+            self._skipped.discard(to_ticket)
+            to_ticket += 1
         self._turn = to_ticket
         fut = self._waiters.pop(to_ticket, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def skip(self, ticket: int) -> None:
+        """Give up ``ticket`` without submitting anything (no seq id is used)."""
+        self._waiters.pop(ticket, None)
+        if self._turn == ticket:
+            self.advance(ticket + 1)
+        elif self._turn < ticket:
+            self._skipped.add(ticket)
+
     def reset_loop_state(self) -> None:
         """The home loop moved: waiters of the old loop will never be woken there."""
-        self._waiters = {}
+        stale, self._waiters = list(self._waiters), {}
+        for ticket in stale:
+            self.skip(ticket)
 
     def break_with(self, error: BaseException) -> None:
         self.broken = error
@@ -95,6 +117,23 @@ class _Sequencer:
             if not fut.done():
                 fut.set_result(None)
         self._waiters.clear()
+
+
+async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a submit to its end even if the caller is cancelled meanwhile.
+
+    Once a request may have reached the server, its seq id must be accounted for: a
+    cancelled caller that left the outcome unknown would make the next call reuse the
+    seq id, and the server would answer that call with this one's future.
+    """
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(_retrieve_exception)
+    return await asyncio.shield(task)
+
+
+def _retrieve_exception(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _json_fb_body(
@@ -166,13 +205,18 @@ class TrainingClient:
     ) -> APIFuture[Any]:
         """Wait for ``ticket``'s turn, submit one JSON request, start polling its result."""
         await self._seq.wait_turn(ticket)
-        try:
-            seq = self._seq.next_seq
-            submitted = time.time()
-            resp = await self._service._transport.request("POST", endpoint, json=build(seq))
-            self._seq.next_seq = seq + 1
-        finally:
-            self._seq.advance(ticket + 1)
+
+        async def send() -> Response:
+            try:
+                seq = self._seq.next_seq
+                resp = await self._service._transport.request("POST", endpoint, json=build(seq))
+                self._seq.next_seq = seq + 1
+            finally:
+                self._seq.advance(ticket + 1)
+            return resp
+
+        submitted = time.time()
+        resp = await _shielded(send())
         return self._poll(resp, request_type, decode, protobuf=False, submitted=submitted)
 
     def _poll(
@@ -209,44 +253,54 @@ class TrainingClient:
         request_type = "Forward" if forward_only else "ForwardBackward"
         compress = bool(dialect.flag("proto_compress_fwdbwd")) and use_proto
         await self._seq.wait_turn(tickets[0])
-        accepted: list[Response] = []
-        try:
-            first_seq = self._seq.next_seq
 
-            async def send(i: int) -> Response:
-                seq = first_seq + i
-                if use_proto:
-                    payload = _proto.encode_forward_backward_request(self.model_id, seq, [], "") + bodies[i]
-                    headers = {}
-                    if compress:
-                        payload = await asyncio.to_thread(_proto.compress, payload)
-                        headers["Content-Encoding"] = "zstd"
-                    resp = await service._transport.request(
-                        "POST", "forward_backward", body=payload, content_type=PROTOBUF,
-                        headers=headers)
-                else:
-                    endpoint = "forward" if forward_only else "forward_backward"
-                    body = _json_fb_body(dialect.name, self.model_id, seq, chunks[i].data,
-                                         loss_fn, loss_fn_config, forward_only)
-                    resp = await service._transport.request("POST", endpoint, json=body)
-                accepted.append(resp)
-                return resp
-
-            submitted = time.time()
-            if len(chunks) > 1 and dialect.flag("parallel_fwdbwd_chunks"):
-                # Like the official SDK: the rest first, concurrently, then the first chunk,
-                # so that the server (which waits for the first seq) takes the batch at once.
-                rest = await asyncio.gather(*(send(i) for i in range(1, len(chunks))))
-                responses = [await send(0), *rest]
+        async def send(i: int, seq: int, accepted: list[Response]) -> Response:
+            if use_proto:
+                payload = _proto.encode_forward_backward_request(self.model_id, seq, [], "") + bodies[i]
+                headers = {}
+                if compress:
+                    payload = await asyncio.to_thread(_proto.compress, payload)
+                    headers["Content-Encoding"] = "zstd"
+                resp = await service._transport.request(
+                    "POST", "forward_backward", body=payload, content_type=PROTOBUF,
+                    headers=headers)
             else:
-                responses = [await send(i) for i in range(len(chunks))]
-            self._seq.next_seq = first_seq + len(chunks)
-        except BaseException as exc:
-            if accepted:  # part of the batch is on the server: the sequence is now unknown
-                self._seq.break_with(exc)
-            raise
-        finally:
-            self._seq.advance(tickets[-1] + 1)
+                endpoint = "forward" if forward_only else "forward_backward"
+                body = _json_fb_body(dialect.name, self.model_id, seq, chunks[i].data,
+                                     loss_fn, loss_fn_config, forward_only)
+                resp = await service._transport.request("POST", endpoint, json=body)
+            accepted.append(resp)
+            return resp
+
+        async def send_all() -> list[Response]:
+            accepted: list[Response] = []
+            try:
+                first_seq = self._seq.next_seq
+                if len(chunks) > 1 and dialect.flag("parallel_fwdbwd_chunks"):
+                    # Like the official SDK: the rest first, concurrently, then the first
+                    # chunk, so that the server (which waits for the first seq) takes the
+                    # batch at once. Every send is let finish, so ``accepted`` is complete.
+                    rest = await asyncio.gather(
+                        *(send(i, first_seq + i, accepted) for i in range(1, len(chunks))),
+                        return_exceptions=True)
+                    for outcome in rest:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                    responses = [await send(0, first_seq, accepted),
+                                 *(r for r in rest if isinstance(r, Response))]
+                else:
+                    responses = [await send(i, first_seq + i, accepted) for i in range(len(chunks))]
+                self._seq.next_seq = first_seq + len(chunks)
+            except BaseException as exc:
+                if accepted:  # part of the batch is on the server: the sequence is now unknown
+                    self._seq.break_with(exc)
+                raise
+            finally:
+                self._seq.advance(tickets[-1] + 1)
+            return responses
+
+        submitted = time.time()
+        responses = await _shielded(send_all())
         loop = asyncio.get_running_loop()
         polls = [
             self._service._poller.result(_request_id(r), request_type, _decode_fb,
@@ -311,10 +365,15 @@ class TrainingClient:
             }) for d in checked
         ]
         tickets = self._seq.tickets(2)
-        forward = await self._run_forward_backward(forward_data, "cross_entropy", None, True,
-                                                   tickets=range(tickets[0], tickets[0] + 1))
+        # The second place in line must be used or given up, or later calls wait forever.
         try:
+            forward = await self._run_forward_backward(
+                forward_data, "cross_entropy", None, True, tickets=range(tickets[0], tickets[0] + 1))
             logprobs = [out["logprobs"].to_numpy() for out in (await forward).loss_fn_outputs]
+        except BaseException:
+            self._seq.skip(tickets[1])
+            raise
+        try:
             loss_sum, metrics, grads = _custom_loss_gradients(loss_fn, checked, logprobs)
             backward_data = [
                 t.Datum(model_input=d.model_input, loss_fn_inputs={
@@ -322,11 +381,15 @@ class TrainingClient:
                     "weights": t.TensorData.from_numpy((-np.asarray(g, dtype=np.float32)).ravel()),
                 }) for d, g in zip(checked, grads, strict=True)
             ]
-        except BaseException as exc:
-            # The second place in line must still be used or given up, or later calls wait forever.
-            await self._seq.wait_turn(tickets[1])
-            self._seq.advance(tickets[1] + 1)
+        except InvalidRequestError:
+            self._seq.skip(tickets[1])
+            raise
+        except Exception as exc:
+            self._seq.skip(tickets[1])
             raise InvalidRequestError(f"the custom loss failed: {exc!r}") from exc
+        except BaseException:
+            self._seq.skip(tickets[1])
+            raise
         backward = await self._run_forward_backward(
             backward_data, "cross_entropy", None, False, tickets=range(tickets[1], tickets[1] + 1))
         loop = asyncio.get_running_loop()
