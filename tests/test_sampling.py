@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 import tinker_async as tinker
+from tinker_async import _futures
+from tinker_async._config import RetryPolicy
 from tinker_async.local import LocalServer
 
 pytestmark = pytest.mark.anyio
@@ -223,7 +225,8 @@ async def test_429_on_asample_is_retried_with_the_same_seq_id(
     assert all(q.headers["X-Tinker-Sampling-Backpressure"] == "1" for q in asamples)
 
 
-async def test_failed_sample_raises_request_failed_error(sc: tinker.SamplingClient) -> None:
+async def test_failed_sample_raises_request_failed_error(sc: tinker.SamplingClient,
+                                                         fresh_server: LocalServer) -> None:
     out_of_vocab = tinker.ModelInput.from_ints([1, 2, 100_000])
     with pytest.raises(tinker.RequestFailedError) as info:
         await sc.sample_async(out_of_vocab, 1, GREEDY)
@@ -232,6 +235,7 @@ async def test_failed_sample_raises_request_failed_error(sc: tinker.SamplingClie
         await sc.sample(out_of_vocab, 1, GREEDY)
     with pytest.raises(tinker.RequestFailedError):
         await sc.compute_logprobs(out_of_vocab)
+    assert fresh_server.count(r"/cancel_future$") == 0  # nothing to cancel: it is over
 
 
 @pytest.mark.parametrize("batch_poll", [True, False])
@@ -251,6 +255,34 @@ async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool) -> None:
             with pytest.raises(tinker.TinkerError, match="410"):
                 await asyncio.wait_for(sc.sample_async(p, 1, GREEDY), 30)
             assert len(asample_bodies(srv)) == 2 + 4
+
+
+async def test_a_malformed_batch_poll_answer_fails_the_waiting_samples(
+    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer
+) -> None:
+    fresh_server.faults.add(r"/retrieve_futures$", status=200, body={"completions": [7],
+                                                                      "cursor": 1})
+    with pytest.raises(tinker.TinkerError, match="retrieve_futures"):
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
+    # Like the official SDK, a poller that failed this way stays failed (and says so).
+    with pytest.raises(tinker.TinkerError, match="retrieve_futures"):
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
+
+
+async def test_batch_poll_outlives_a_server_outage(
+    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shorter waits than the defaults (8 retries, up to 5 s apart), same behaviour.
+    monkeypatch.setattr(_futures, "_POLL_RETRY", RetryPolicy(max_retries=1, base_delay=0.01,
+                                                             max_delay=0.02))
+    monkeypatch.setattr(_futures, "_OUTAGE_PAUSE_S", 0.05)
+    fresh_server.faults.add(r"/retrieve_futures$", status=503, count=6)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+    assert len(r.sequences) == 1
+    assert fresh_server.count(r"/retrieve_futures$") >= 7
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # still usable
+    assert len(r.sequences) == 1
 
 
 # ------------------------------------------------------------------ polling and concurrency
@@ -385,6 +417,13 @@ if pid == 0:
 again = sc.sample(p, 1, params).result(30).sequences[0].tokens
 _, status = os.waitpid(pid, 0)
 print("CHILD", os.waitstatus_to_exitcode(status), "PARENT", again == first, flush=True)
+# A child that exits normally (at-exit handlers run) must not end the parent's session.
+pid = os.fork()
+if pid == 0:
+    sc.sample(p, 1, params).result(30)
+    sys.exit(0)
+os.waitpid(pid, 0)
+print("AFTER", sc.sample(p, 1, params).result(30).sequences[0].tokens == first, flush=True)
 svc.close().result(10)
 """
 
@@ -393,10 +432,11 @@ def test_sampling_client_survives_fork(fresh_server: LocalServer, api_key: str,
                                        run_script: Callable[..., str]) -> None:
     out = run_script(FORK_SCRIPT.format(url=fresh_server.url), env={"TINKER_API_KEY": api_key},
                      timeout=60)
-    assert "CHILD 0 PARENT True" in out, out
+    assert "CHILD 0 PARENT True" in out and "AFTER True" in out, out
     seqs = [b["seq_id"] for b in asample_bodies(fresh_server)]
-    assert len(seqs) == 4
+    assert len(seqs) == 6
     parent = [s for s in seqs if s < 1_000_000_000]
-    child = [s for s in seqs if s >= 1_000_000_000]
-    assert sorted(parent) == [0, 1]
+    child = [s for s in seqs[:4] if s >= 1_000_000_000]
+    assert sorted(parent) == [0, 1, 2]
     assert len(child) == 2 and child[1] == child[0] + 1  # a block of its own
+    assert fresh_server.count(r"/finish$") == 1  # only the parent finished the session

@@ -9,6 +9,7 @@ that bad input never left the process. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -132,6 +133,17 @@ async def test_create_lora_training_client_bad_args_fail_before_any_request(
     assert fresh_server.count("/create_session$") == 0  # nothing at all was needed
 
 
+async def test_create_lora_training_client_unknown_model_is_a_typed_error(
+    service: tinker.ServiceClient,
+) -> None:
+    with pytest.raises(tinker.BadRequestError, match="no/such-model"):
+        await service.create_lora_training_client_async("no/such-model", rank=2)
+    with pytest.raises(tinker.BadRequestError):
+        await service.create_lora_training_client("no/such-model", rank=2)
+    tc = await service.create_lora_training_client_async(MODEL, rank=2)  # the session is fine
+    assert tc.get_info().lora_rank == 2
+
+
 # ----------------------------------------------------------------------------------- training
 
 
@@ -151,7 +163,7 @@ async def test_sft_loss_falls_over_optim_steps(tc: tinker.TrainingClient) -> Non
         step = await opt
         assert isinstance(step, tinker.OptimStepResponse)
     assert losses[-1] < 0.7 * losses[0], losses
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
 
 
 async def test_pipelined_async_submits_keep_order(
@@ -269,6 +281,16 @@ def test_multi_chunk_batch_is_split_and_merged(api_key: str) -> None:
                 await opt
                 seqs = accepted_seqs(srv, tc.model_id)
                 assert sorted(seqs[3:6]) == [9, 10, 11] and seqs[6:] == [12]
+                # Chunk 1 goes last, after the others were accepted (the official order).
+                assert seqs[5] == 9
+
+                # One chunk refused while another was accepted: the server's sequence is
+                # now unknown, so the client refuses to go on (clearly, at once).
+                srv.faults.add(r"/forward_backward$", status=400, count=1)
+                with pytest.raises(tinker.BadRequestError):
+                    await tc.forward_backward_async(batch, "cross_entropy")
+                with pytest.raises(tinker.TinkerError, match="no longer submit"):
+                    await tc.optim_step_async()
 
         asyncio.run(main())
 
@@ -357,6 +379,22 @@ async def test_a_call_cancelled_while_waiting_its_turn_does_not_block_later_call
     assert out.metrics["loss:sum"] > 0
     assert waiting.cancelled()
     assert accepted_seqs(fresh_server, tc.model_id) == [1, 2]
+
+
+async def test_a_call_cancelled_while_its_request_is_on_the_wire_still_takes_its_seq_id(
+    tc: tinker.TrainingClient, fresh_server: LocalServer
+) -> None:
+    tok = tc.get_tokenizer()
+    batch = [make_datum(tok)]
+    fresh_server.faults.add(r"/forward_backward$", delay_s=0.4, count=1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(tc.forward_backward_async(batch, "cross_entropy"), 0.1)
+    # The submit went through regardless, so the next call gets the next seq id and its
+    # own result (not the forward_backward's future under a reused seq id).
+    opt = await asyncio.wait_for(tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2)), 20)
+    assert isinstance(await asyncio.wait_for(opt.result_async(), 20), tinker.OptimStepResponse)
+    assert [(e, s) for e, s, st in wire_ops(fresh_server, tc.model_id) if st == 200] == [
+        ("forward_backward", 1), ("optim_step", 2)]
 
 
 async def test_result_async_timeout_on_a_training_future(tc: tinker.TrainingClient,
@@ -477,6 +515,10 @@ async def test_save_weights_for_sampler_and_sampling_clients(
     saved = await (await tc.save_weights_for_sampler_async("s1"))
     assert saved.path == f"tinker://{tc.model_id}/sampler_weights/s1"
     from_path = await tc.create_sampling_client_async(saved.path)
+    created = [json.loads(r.body) for r in fresh_server.requests
+               if r.path.endswith("/create_sampling_session")]
+    assert created[-1]["model_path"] == saved.path and "base_model" not in created[-1]
+    assert from_path.get_base_model() == MODEL  # asked of the server
     ephemeral = await tc.save_weights_and_get_sampling_client_async()
     plain = await tc.save_weights_and_get_sampling_client()
     assert isinstance(ephemeral, tinker.SamplingClient) and isinstance(plain, tinker.SamplingClient)

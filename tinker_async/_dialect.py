@@ -48,6 +48,9 @@ class Dialect:
     create_via_load: bool = True
     #: the server may omit sample_sequence_ids
     sequence_ids_optional: bool = False
+    #: JSON forward passes go to ``/forward`` (else ``forward_backward`` + ``forward_only``);
+    #: cleared when a server answers 404 there
+    separate_forward: bool = True
     flags: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_FLAGS))
     dynamic_flags: dict[str, Any] = dataclasses.field(default_factory=dict)
 

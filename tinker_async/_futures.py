@@ -6,7 +6,9 @@ Submitting a training step or a sample returns a request id; its result is fetch
 - **Batch long-poll** (the server's ``sample_use_retrieve_futures`` flag): one
   ``retrieve_futures`` request per sampling session waits for *all* of its pending
   samples; each completion is then fetched once. Thousands of samples in flight cost one
-  open poll, not thousands.
+  open poll, not thousands. An outage (connection errors, 5xx, 429) only pauses it, as
+  in the official SDK; an answer it cannot use (another 4xx, a malformed body) fails
+  every waiter at once, and later ones, rather than leaving them waiting forever.
 - **Per-request polling** otherwise: ``retrieve_future`` long-polls, at most
   ``max_concurrent_polls`` at a time across the family (a semaphore, not a loop per
   future). ``try_again`` and 408 poll again at once when the server held the request,
@@ -32,7 +34,7 @@ import msgspec
 
 from ._config import RetryPolicy
 from ._transport import PROTOBUF, Response, Transport
-from .errors import APIError, RequestFailedError, TinkerError
+from .errors import APIConnectionError, APIError, APIStatusError, RequestFailedError, TinkerError
 
 __all__ = ["FuturePoller", "PromiseExpired"]
 
@@ -44,6 +46,7 @@ _POLL_RETRY = RetryPolicy(max_retries=8, base_delay=0.25, max_delay=5.0, deadlin
 _FAST_ANSWER_S = 0.05  # a "not yet" faster than this means the server does not hold polls
 _MAX_IDLE_WAIT_S = 1.0
 _UNCLAIMED_LIMIT = 10_000
+_OUTAGE_PAUSE_S = 1.0
 
 
 class PromiseExpired(TinkerError):
@@ -59,6 +62,13 @@ def _failure(data: dict[str, Any], request_id: str) -> RequestFailedError:
         request_id=request_id,
         category=str(data.get("category", "unknown")),
     )
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error that says the server is away for now, not that the poll is wrong."""
+    if isinstance(exc, APIConnectionError):  # timeouts included
+        return True
+    return isinstance(exc, APIStatusError) and _POLL_RETRY.should_retry_status(exc.status_code)
 
 
 class _SessionLongPoll:
@@ -113,22 +123,39 @@ class _SessionLongPoll:
                 self.retrieved = sent_ids + self.retrieved  # re-send the acks next time
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                if _transient(exc):
+                    # An outage outlasted the retries: the work is still on the server, so
+                    # keep asking (as the official SDK does); callers bound their own wait.
+                    log.info("retrieve_futures failed (%s); polling again", exc)
+                    await asyncio.sleep(_OUTAGE_PAUSE_S)
+                    continue
                 self._fail_all(exc if isinstance(exc, Exception) else TinkerError(str(exc)))
                 return
             if resp.status == 408:
                 continue
-            data = resp.json()
-            self.cursor = int(data.get("cursor", self.cursor))
-            for completion in data.get("completions", ()):
-                rid = completion.get("request_id")
-                fut = self.waiters.pop(rid, None)
-                if fut is not None:
-                    if not fut.done():
-                        fut.set_result(completion)
-                else:
-                    self.unclaimed[rid] = completion
-                    while len(self.unclaimed) > _UNCLAIMED_LIMIT:
-                        self.unclaimed.popitem(last=False)
+            try:
+                self._take(resp.json())
+            except Exception as exc:  # an answer we cannot read must not strand the waiters
+                self._fail_all(APIError(f"unreadable retrieve_futures answer: {exc!r}"))
+                return
+
+    def _take(self, data: Any) -> None:
+        """Record one ``retrieve_futures`` answer: wake the waiters whose requests are done."""
+        cursor = int(data.get("cursor", self.cursor))
+        completions = data.get("completions", ())
+        request_ids = [c["request_id"] for c in completions]
+        if not all(isinstance(rid, str) for rid in request_ids):
+            raise ValueError(f"completions without request ids: {completions!r}")
+        self.cursor = cursor
+        for rid, completion in zip(request_ids, completions, strict=True):
+            fut = self.waiters.pop(rid, None)
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(completion)
+            else:
+                self.unclaimed[rid] = completion
+                while len(self.unclaimed) > _UNCLAIMED_LIMIT:
+                    self.unclaimed.popitem(last=False)
 
     def _fail_all(self, exc: Exception) -> None:
         self.failure = TinkerError(f"retrieve_futures polling failed: {exc}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -50,6 +51,8 @@ class Session:
         self.finished = False
         #: False for a client that joined another's session (it must not finish it)
         self.owned = True
+        #: the process that made the server session; a forked copy must not finish it
+        self._pid = os.getpid()
         self.heartbeats_ok = 0
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
@@ -107,6 +110,7 @@ class Session:
                 if self.id is None:
                     await self.handshake()
                     self.id = await self._create()
+                    self._pid = os.getpid()
         if self._heartbeat is None and not self._closing:
             self._heartbeat = asyncio.get_running_loop().create_task(
                 self._heartbeat_loop(), name="tinker-async-heartbeat"
@@ -196,7 +200,8 @@ class Session:
             task.cancel()
             if task.get_loop() is asyncio.get_running_loop():
                 await asyncio.gather(task, return_exceptions=True)
-        if self.id is None or self.finished or self.gone is not None or not self.owned:
+        if (self.id is None or self.finished or self.gone is not None or not self.owned
+                or self._pid != os.getpid()):
             return
         self.finished = True
         if self.transport.dialect.name == "twinkle":

@@ -6,12 +6,15 @@
 
 A SamplingClient pickles without the API key: the process that unpickles it reads
 ``TINKER_API_KEY`` from its own environment and joins the same server session with its
-own block of sequence ids (as the official SDK's clones do). A client carried across
-``os.fork`` does the same on first use in the child.
+own block of sequence ids (as the official SDK's clones do). Unpickled where the original
+ServiceClient still lives (the same process, or a forked child), the copy shares that
+client instead and needs no key from the environment. A client carried across
+``os.fork`` takes a new block of sequence ids on first use in the child.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -40,6 +43,7 @@ log = logging.getLogger("tinker_async")
 _CLONE_BLOCK = 1_000_000_000
 _RESUBMITS_ON_EXPIRY = 3
 _ASAMPLE_HEADERS = {"X-Tinker-Sampling-Backpressure": "1"}
+_cancels: set[asyncio.Task[None]] = set()
 
 
 def _decode_sample(resp: Response) -> t.SampleResponse:
@@ -165,11 +169,12 @@ class SamplingClient:
             body["prompt_logprobs_last_n"] = prompt_logprobs_last_n
         if self._record_stability_info:
             body["record_stability_info"] = True
+        body["sampling_session_id"] = self.sampling_session_id
         if self._service._transport.dialect.name == "tinkercloud":
+            # tinkercloud's documented request names the sampler ``model_id``; its
+            # servers (and the embedded one) also read ``sampling_session_id``.
             body["model_id"] = self.sampling_session_id
             body["include_prompt_logprobs"] = include_prompt_logprobs
-        else:
-            body["sampling_session_id"] = self.sampling_session_id
         return body
 
     @homed
@@ -233,12 +238,14 @@ class SamplingClient:
                     raise
                 log.info("sample %s expired on the server; resubmitting", request_id)
                 continue
-            except BaseException:
-                # Abandoned (timeout or cancel): let the server stop the work if it can.
+            except asyncio.CancelledError:
+                # Abandoned (a timeout or a cancel): let the server stop the work if it can.
+                # (A failed sample needs no cancel: the server is done with it.)
                 if service._transport.dialect.dynamic_flags.get("sample_cancel_enabled"):
-                    import asyncio
-
-                    asyncio.get_running_loop().create_task(service._poller.cancel(request_id))
+                    task = asyncio.get_running_loop().create_task(
+                        service._poller.cancel(request_id))
+                    _cancels.add(task)  # the loop keeps only a weak reference
+                    task.add_done_callback(_cancels.discard)
                 raise
             if sequence_ids:
                 if len(sequence_ids) != len(result.sequences):

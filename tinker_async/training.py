@@ -12,7 +12,11 @@ be submitted before the last one's result is read::
 Ordering: each call takes its place in line when it is made and submits when its turn
 comes; the seq id it sends is the next unused one at that moment, so a request that the
 server refuses leaves no gap in the sequence (strict servers punish gaps with ``409`` on
-every later call). A batch that fails local validation takes no place at all.
+every later call). A batch that fails local validation takes no place at all. A call
+cancelled while it waits for its turn gives its place up; one cancelled once its request
+may be on the wire still finishes the submit (so the next call cannot reuse its seq id and
+be answered with this one's future). Only a multi-chunk batch that the server accepted in
+part leaves the sequence unknown: the client then refuses further calls, clearly.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -32,7 +37,7 @@ from ._api_future import APIFuture, ClientFuture
 from ._sync import homed
 from ._transport import PROTOBUF, Response
 from ._validate import check_adam_params, check_checkpoint_name, check_forward_backward
-from .errors import APIError, InvalidRequestError, TinkerError
+from .errors import APIError, InvalidRequestError, NotFoundError, TinkerError
 from .types import _wire
 
 if TYPE_CHECKING:
@@ -138,19 +143,21 @@ def _retrieve_exception(task: asyncio.Future[Any]) -> None:
 
 def _json_fb_body(
     dialect_name: str, model_id: str, seq: int, data: list[t.Datum], loss_fn: str,
-    loss_fn_config: Mapping[str, float | str] | None, forward_only: bool,
+    loss_fn_config: Mapping[str, float | str] | None, forward_only: bool, endpoint: str,
 ) -> dict[str, Any]:
+    """A JSON forward/forward_backward body for ``endpoint``; a forward pass sent to
+    ``forward_backward`` (servers without ``/forward``) carries ``forward_only``."""
+    flag = {"forward_only": True} if forward_only and endpoint == "forward_backward" else {}
     if dialect_name == "tinkercloud":
-        body: dict[str, Any] = {"model_id": model_id, "data": data, "loss_fn": loss_fn}
+        body: dict[str, Any] = {"model_id": model_id, "data": data, "loss_fn": loss_fn, **flag}
         if loss_fn_config:
             body["loss_fn_config"] = dict(loss_fn_config)
         return body
     inner: dict[str, Any] = {"data": data, "loss_fn": loss_fn}
     if loss_fn_config:
         inner["loss_fn_config"] = dict(loss_fn_config)
-    key = "forward_input" if forward_only else "forward_backward_input"
-    return {key: inner, "model_id": model_id, "seq_id": seq,
-            "type": "forward" if forward_only else "forward_backward"}
+    key = "forward_input" if endpoint == "forward" else "forward_backward_input"
+    return {key: inner, "model_id": model_id, "seq_id": seq, "type": endpoint, **flag}
 
 
 def _decode_fb(resp: Response) -> t.ForwardBackwardOutput:
@@ -192,6 +199,11 @@ class TrainingClient:
 
     def get_base_model(self) -> str:
         return self._info.model_data.model_name or self._info.model_name or ""
+
+    @homed
+    async def get_info_async(self) -> t.GetInfoResponse:
+        """Like :meth:`get_info` (the official SDK's async twin; no request is made)."""
+        return self._info
 
     # -- submission machinery ------------------------------------------------------------
 
@@ -265,10 +277,20 @@ class TrainingClient:
                     "POST", "forward_backward", body=payload, content_type=PROTOBUF,
                     headers=headers)
             else:
-                endpoint = "forward" if forward_only else "forward_backward"
+                endpoint = "forward" if forward_only and dialect.separate_forward else "forward_backward"
                 body = _json_fb_body(dialect.name, self.model_id, seq, chunks[i].data,
-                                     loss_fn, loss_fn_config, forward_only)
-                resp = await service._transport.request("POST", endpoint, json=body)
+                                     loss_fn, loss_fn_config, forward_only, endpoint)
+                try:
+                    resp = await service._transport.request("POST", endpoint, json=body)
+                except NotFoundError:
+                    if endpoint != "forward":
+                        raise
+                    # No /forward here (nothing was applied): forward_backward can run a
+                    # forward pass alone; remember that once it worked.
+                    body = _json_fb_body(dialect.name, self.model_id, seq, chunks[i].data,
+                                         loss_fn, loss_fn_config, True, "forward_backward")
+                    resp = await service._transport.request("POST", "forward_backward", json=body)
+                    dialect.separate_forward = False
             accepted.append(resp)
             return resp
 
@@ -346,7 +368,8 @@ class TrainingClient:
 
     @homed
     async def forward_backward_custom_async(
-        self, data: Sequence[t.Datum], loss_fn: CustomLossFn
+        self, data: Sequence[t.Datum], loss_fn: CustomLossFn, *,
+        loss_type_input: Literal["logprobs"] | None = None,
     ) -> APIFuture[t.ForwardBackwardOutput]:
         """Train on a loss computed here, from the model's per-token logprobs.
 
@@ -355,6 +378,7 @@ class TrainingClient:
         otherwise they are numpy arrays and ``loss_fn`` returns ``(loss, metrics, grads)``
         with ``grads[i] = d loss / d logprobs[i]``. The server then trains on
         ``cross_entropy`` with ``weights = -grads``, which has the same gradient.
+        ``loss_type_input`` is accepted for old code and ignored, as in the official SDK.
         """
         checked = check_forward_backward(data, "cross_entropy", None)
         forward_data = [
@@ -526,7 +550,7 @@ class TrainingClient:
         if not dialect.has_client_config:
             # Older servers have no ephemeral sampler save: save under a name instead.
             saved = await (await self.save_weights_for_sampler_async(
-                name or f"ephemeral-{int(time.time() * 1000)}"))
+                name or f"ephemeral-{int(time.time())}-{uuid.uuid4().hex[:8]}"))
             return await service.create_sampling_client_async(
                 model_path=saved.path, base_model=self.get_base_model())
         ticket = self._seq.tickets(1)[0]
@@ -552,9 +576,10 @@ class TrainingClient:
         self, model_path: str, retry_config: Any = None, record_stability_info: bool = False
     ) -> SamplingClient:
         """A SamplingClient on saved sampler weights (``tinker://.../sampler_weights/...``)."""
+        # Not this model's base model: the weights may come from another run, so the
+        # server says which base model they belong to (as in the official SDK).
         return await self._service.create_sampling_client_async(
-            model_path=model_path, base_model=self.get_base_model(),
-            record_stability_info=record_stability_info)
+            model_path=model_path, record_stability_info=record_stability_info)
 
     # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
     def forward(self, data: Sequence[t.Datum], loss_fn: t.LossFnType, loss_fn_config: Mapping[str, float | str] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
@@ -573,13 +598,13 @@ class TrainingClient:
         """
         return _sync.call_flat(self, self.forward_backward_async(data, loss_fn, loss_fn_config))
 
-    def forward_backward_custom(self, data: Sequence[t.Datum], loss_fn: CustomLossFn) -> APIFuture[t.ForwardBackwardOutput]:
+    def forward_backward_custom(self, data: Sequence[t.Datum], loss_fn: CustomLossFn, *, loss_type_input: Literal['logprobs'] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
         """Train on a loss computed here, from the model's per-token logprobs.
 
         Sync form of :meth:`forward_backward_custom_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
-        return _sync.call_flat(self, self.forward_backward_custom_async(data, loss_fn))
+        return _sync.call_flat(self, self.forward_backward_custom_async(data, loss_fn, loss_type_input=loss_type_input))
 
     def optim_step(self, optim_params: t.AdamParams | None=None, *, adam_params: t.AdamParams | None=None) -> APIFuture[t.OptimStepResponse]:
         """Apply the accumulated gradients with AdamW (``AdamParams``; defaults if omitted).
