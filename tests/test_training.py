@@ -362,6 +362,46 @@ async def test_rejected_submit_leaves_no_seq_gap(
         ("optim_step", 3, 400), ("forward_backward", 3, 200)]
 
 
+async def test_connection_lost_during_submit_stops_the_client_clearly(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    """The server may hold a submit whose connection broke: the client must neither reuse
+    its seq id (aliasing the next call) nor skip it (a gap); it stops with a clear error."""
+    async with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key,
+                                    max_retries=1) as svc:
+        tc = await svc.create_lora_training_client_async(MODEL, rank=2)
+        batch = [make_datum(tc.get_tokenizer())]
+        fresh_server.faults.add(r"/forward_backward$", drop_connection=True, count=5)
+        with pytest.raises(tinker.APIConnectionError):
+            await tc.forward_backward_async(batch, "cross_entropy")
+        with pytest.raises(tinker.TinkerError, match="may or may not have been applied"):
+            await tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2))
+        assert not any(e == "optim_step" for e, _, _ in wire_ops(fresh_server, tc.model_id))
+
+
+def test_training_client_refuses_use_in_a_forked_child(
+    server: LocalServer, api_key: str, run_script: Any
+) -> None:
+    out = run_script(f"""
+import os, tinker_async as tinker
+svc = tinker.ServiceClient(base_url={server.url!r}, api_key={api_key!r})
+tc = svc.create_lora_training_client({MODEL!r}, rank=2).result(30)
+pid = os.fork()
+if pid == 0:
+    try:
+        tc.optim_step(tinker.AdamParams(learning_rate=1e-3)).result(30)
+        print("child trained", flush=True)
+    except tinker.TinkerError as exc:
+        print("child refused:", exc, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("parent trains", tc.optim_step(tinker.AdamParams(learning_rate=1e-3)).result(30).metrics is not None)
+svc.close().result(10)
+""")
+    assert "child refused: A TrainingClient cannot be used in a forked child" in out
+    assert "parent trains True" in out
+
+
 async def test_a_call_cancelled_while_waiting_its_turn_does_not_block_later_calls(
     tc: tinker.TrainingClient, fresh_server: LocalServer
 ) -> None:
@@ -651,3 +691,18 @@ async def test_training_client_is_not_picklable(tc: tinker.TrainingClient) -> No
 
     with pytest.raises(TypeError, match="SamplingClient"):
         pickle.dumps(tc)
+
+
+async def test_copy_weights_and_console_urls(fresh_server: LocalServer, api_key: str) -> None:
+    async with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key,
+                                    project_id="proj-a") as svc:
+        tc = await svc.create_lora_training_client_async(MODEL, rank=2)
+        saved = await (await tc.save_state_async("c1"))
+        copied = await svc.copy_weights_async(saved.path)
+        assert copied.startswith("tinker://") and copied != saved.path
+        body = json.loads(next(r.body for r in fresh_server.requests
+                               if r.path.endswith("/copy_weights")))
+        assert body["destination_project_id"] == "proj-a"
+        assert (await svc.copy_weights(saved.path)).startswith("tinker://")
+        assert svc.get_console_url().endswith(f"/sessions/{svc.session_id}")
+        assert tc.get_console_url().startswith("https://") and "training_runs/" in tc.get_console_url()

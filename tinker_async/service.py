@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from . import _sync
 from ._api_future import APIFuture, ClientFuture
@@ -28,6 +29,7 @@ from .rest import RestClient
 from .sampling import SamplingClient
 from .training import TrainingClient
 from .types import GetInfoResponse, GetServerCapabilitiesResponse
+from .types._paths import CONSOLE_BASE_URL
 
 __all__ = ["ServiceClient"]
 
@@ -338,6 +340,19 @@ class ServiceClient:
         return SamplingClient(self, sampling_session_id, base_model=base_model,
                               model_path=model_path, record_stability_info=record_stability_info)
 
+    @homed
+    async def copy_weights_async(
+        self, path: str, *, ttl_seconds: int | None = None, weights_access_token: str | None = None
+    ) -> str:
+        """Copy a checkpoint into this client's project (``project_id``); the new path."""
+        return await self.create_rest_client().copy_weights_async(
+            path, self._transport.config.project_id, ttl_seconds=ttl_seconds,
+            weights_access_token=weights_access_token)
+
+    def get_console_url(self) -> str:
+        """The Tinker console page of this session (once the session exists)."""
+        return f"{CONSOLE_BASE_URL}/sessions/{quote(self._session.id or '', safe='')}"
+
     def create_rest_client(self) -> RestClient:
         """A RestClient sharing this client's connection pool."""
         self._check_open()
@@ -403,6 +418,14 @@ class ServiceClient:
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
         return _sync.call_client(self, self.create_sampling_client_async(model_path, base_model, retry_config, record_stability_info))
+
+    def copy_weights(self, path: str, *, ttl_seconds: int | None=None, weights_access_token: str | None=None) -> APIFuture[str]:
+        """Copy a checkpoint into this client's project (``project_id``); the new path.
+
+        Sync form of :meth:`copy_weights_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.copy_weights_async(path, ttl_seconds=ttl_seconds, weights_access_token=weights_access_token))
 
     def close(self, status: FinishStatus='success', detail: str | None=None) -> APIFuture[None]:
         """Finish the server session, stop the heartbeat and close the pool. Idempotent.

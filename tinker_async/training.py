@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import quote
 
 import numpy as np
 
@@ -37,8 +39,9 @@ from ._api_future import APIFuture, ClientFuture
 from ._sync import homed
 from ._transport import PROTOBUF, Response
 from ._validate import check_adam_params, check_checkpoint_name, check_forward_backward
-from .errors import APIError, InvalidRequestError, NotFoundError, TinkerError
+from .errors import APIConnectionError, APIError, InvalidRequestError, NotFoundError, TinkerError
 from .types import _wire
+from .types._paths import CONSOLE_BASE_URL
 
 if TYPE_CHECKING:
     from .sampling import SamplingClient
@@ -65,14 +68,23 @@ class _Sequencer:
         self._skipped: set[int] = set()
         self.next_seq = first_seq
         self.broken: BaseException | None = None
+        self._pid = os.getpid()
 
     def tickets(self, count: int = 1) -> range:
         """Places in line, taken synchronously when a call is made."""
+        if self._pid != os.getpid():
+            # Parent and child would both number requests from the same counter, and the
+            # server would take the child's steps as duplicates of the parent's.
+            raise TinkerError(
+                "A TrainingClient cannot be used in a forked child process: it shares its "
+                "request sequence with the parent. Train in one process; pickle a "
+                "SamplingClient to sample from others."
+            )
         if self.broken is not None:
             raise TinkerError(
-                "This TrainingClient can no longer submit: an earlier multi-part request was "
-                "only partly accepted, so the server's sequence is unknown. Make a new "
-                "training client from the last checkpoint."
+                "This TrainingClient can no longer submit: an earlier request may or may not "
+                f"have been applied by the server ({self.broken}), so its sequence is unknown. "
+                "Make a new training client from the last checkpoint."
             ) from self.broken
         with self._lock:
             start = self._next_ticket
@@ -115,6 +127,18 @@ class _Sequencer:
         stale, self._waiters = list(self._waiters), {}
         for ticket in stale:
             self.skip(ticket)
+
+    def settle_failure(self, error: BaseException, *, partly_accepted: bool) -> None:
+        """Account for a submit that failed after it may have reached the server.
+
+        A refusal (an HTTP error status) applied nothing: the seq id is simply reused. But
+        after a partial acceptance, or a connection that broke with the request on the
+        wire, the server may hold the work: reusing the seq id would make the next call
+        alias this one (the server would answer it with this call's future), and skipping
+        it could leave a gap. Neither is safe, so the client stops with a clear error.
+        """
+        if partly_accepted or isinstance(error, APIConnectionError):
+            self.break_with(error)
 
     def break_with(self, error: BaseException) -> None:
         self.broken = error
@@ -197,6 +221,10 @@ class TrainingClient:
 
         return load_tokenizer(self._info)
 
+    def get_console_url(self) -> str:
+        """The Tinker console page of this training run."""
+        return f"{CONSOLE_BASE_URL}/training_runs/{quote(self.model_id, safe='')}"
+
     def get_base_model(self) -> str:
         return self._info.model_data.model_name or self._info.model_name or ""
 
@@ -223,6 +251,9 @@ class TrainingClient:
                 seq = self._seq.next_seq
                 resp = await self._service._transport.request("POST", endpoint, json=build(seq))
                 self._seq.next_seq = seq + 1
+            except BaseException as exc:
+                self._seq.settle_failure(exc, partly_accepted=False)
+                raise
             finally:
                 self._seq.advance(ticket + 1)
             return resp
@@ -314,8 +345,7 @@ class TrainingClient:
                     responses = [await send(i, first_seq + i, accepted) for i in range(len(chunks))]
                 self._seq.next_seq = first_seq + len(chunks)
             except BaseException as exc:
-                if accepted:  # part of the batch is on the server: the sequence is now unknown
-                    self._seq.break_with(exc)
+                self._seq.settle_failure(exc, partly_accepted=bool(accepted))
                 raise
             finally:
                 self._seq.advance(tickets[-1] + 1)
