@@ -285,6 +285,23 @@ async def test_batch_poll_outlives_a_server_outage(
     assert len(r.sequences) == 1
 
 
+async def test_a_long_outage_fails_the_waiting_samples_instead_of_hanging(
+    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The default limit is 120 s; the behaviour is the same with a short one.
+    monkeypatch.setattr(_futures, "_POLL_RETRY", RetryPolicy(max_retries=1, base_delay=0.01,
+                                                             max_delay=0.02))
+    monkeypatch.setattr(_futures, "_OUTAGE_PAUSE_S", 0.05)
+    monkeypatch.setattr(_futures, "_OUTAGE_LIMIT_S", 0.3)
+    rule = fresh_server.faults.add(r"/retrieve_futures$", status=503, count=None)
+    with pytest.raises(tinker.APIConnectionError, match="No answer from the server"):
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+    fresh_server.faults.remove(rule)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # the server is back
+    assert len(r.sequences) == 1
+
+
 # ------------------------------------------------------------------ polling and concurrency
 
 

@@ -47,6 +47,8 @@ _FAST_ANSWER_S = 0.05  # a "not yet" faster than this means the server does not 
 _MAX_IDLE_WAIT_S = 1.0
 _UNCLAIMED_LIMIT = 10_000
 _OUTAGE_PAUSE_S = 1.0
+#: a batch long-poll that cannot reach the server for this long fails its waiters
+_OUTAGE_LIMIT_S = 120.0
 
 
 class PromiseExpired(TinkerError):
@@ -108,6 +110,7 @@ class _SessionLongPoll:
 
     async def _run(self) -> None:
         transport = self.poller.transport
+        last_answer = time.monotonic()
         while self.waiters:
             sent_ids = self.retrieved
             self.retrieved = []
@@ -123,14 +126,23 @@ class _SessionLongPoll:
                 self.retrieved = sent_ids + self.retrieved  # re-send the acks next time
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                if _transient(exc):
+                away = time.monotonic() - last_answer
+                if _transient(exc) and away < _OUTAGE_LIMIT_S:
                     # An outage outlasted the retries: the work is still on the server, so
-                    # keep asking (as the official SDK does); callers bound their own wait.
+                    # keep asking (as the official SDK does), but not forever: past the
+                    # limit the waiters get the connection error instead of a hang.
                     log.info("retrieve_futures failed (%s); polling again", exc)
                     await asyncio.sleep(_OUTAGE_PAUSE_S)
                     continue
+                if _transient(exc):
+                    # Fail these waiters, but not the session: a later sample polls afresh.
+                    self._fail_all(APIConnectionError(
+                        f"No answer from the server for {away:.0f} s while waiting for "
+                        f"{len(self.waiters)} sample(s): {exc}"), permanent=False)
+                    return
                 self._fail_all(exc if isinstance(exc, Exception) else TinkerError(str(exc)))
                 return
+            last_answer = time.monotonic()
             if resp.status == 408:
                 continue
             try:
@@ -157,12 +169,17 @@ class _SessionLongPoll:
                 while len(self.unclaimed) > _UNCLAIMED_LIMIT:
                     self.unclaimed.popitem(last=False)
 
-    def _fail_all(self, exc: Exception) -> None:
-        self.failure = TinkerError(f"retrieve_futures polling failed: {exc}")
-        self.failure.__cause__ = exc
+    def _fail_all(self, exc: Exception, *, permanent: bool = True) -> None:
+        """Fail every waiter; a permanent failure also fails every later wait at once."""
+        failure = exc if isinstance(exc, APIConnectionError) else TinkerError(
+            f"retrieve_futures polling failed: {exc}")
+        if failure is not exc:
+            failure.__cause__ = exc
+        if permanent:
+            self.failure = failure
         for fut in self.waiters.values():
             if not fut.done():
-                fut.set_exception(self.failure)
+                fut.set_exception(failure)
         self.waiters.clear()
 
     def forget(self, request_id: str) -> None:
