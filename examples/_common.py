@@ -8,6 +8,7 @@ embedded one. ``TINKER_BASE_MODEL`` picks the base model on a remote server.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import time
@@ -112,3 +113,23 @@ a waistcoat-pocket, or a watch to take out of it, and burning with curiosity, sh
 across the field after it, and fortunately was just in time to see it pop down a large \
 rabbit-hole under the hedge.
 """
+
+
+def sft_arguments(description: str) -> argparse.ArgumentParser:
+    """The flags of the two SFT examples (sl_loop.py and its sync twin)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="windows per batch (default 16)")
+    parser.add_argument("--window", type=int, default=64, help="tokens per window (default 64)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return parser
+
+
+def checked_sft_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if min(args.steps, args.batch_size, args.window) < 1:
+        parser.error("--steps, --batch-size and --window must be positive")
+    return args

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SFT_TEXT, Stopwatch, server_target
+from _common import SFT_TEXT, Stopwatch, checked_sft_arguments, server_target, sft_arguments
 
 import tinker_async as tinker
 
@@ -109,20 +109,10 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
-    parser.add_argument("--batch-size", type=int, default=16,
-                        help="windows per batch (default 16)")
-    parser.add_argument("--window", type=int, default=64, help="tokens per window (default 64)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    parser = sft_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--sample-tokens", type=int, default=60,
                         help="tokens to sample at the end (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    if min(args.steps, args.batch_size, args.window) < 1:
-        parser.error("--steps, --batch-size and --window must be positive")
-    return args
+    return checked_sft_arguments(parser, argv)
 
 
 if __name__ == "__main__":

@@ -269,14 +269,20 @@ async def test_a_malformed_batch_poll_answer_fails_the_waiting_samples(
         await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
 
 
-async def test_batch_poll_outlives_a_server_outage(
-    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Shorter waits than the defaults (8 retries, up to 5 s apart), same behaviour.
+@pytest.fixture
+def short_outage_waits(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Shorter waits than the defaults (8 poll retries up to 5 s apart, 1 s pauses), same
+    behaviour."""
     monkeypatch.setattr(_futures, "_POLL_RETRY", RetryPolicy(max_retries=1, base_delay=0.01,
                                                              max_delay=0.02))
     monkeypatch.setattr(_futures, "_OUTAGE_PAUSE_S", 0.05)
+    return monkeypatch
+
+
+async def test_batch_poll_outlives_a_server_outage(
+    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
+    short_outage_waits: pytest.MonkeyPatch,
+) -> None:
     fresh_server.faults.add(r"/retrieve_futures$", status=503, count=6)
     r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
     assert len(r.sequences) == 1
@@ -287,13 +293,10 @@ async def test_batch_poll_outlives_a_server_outage(
 
 async def test_a_long_outage_fails_the_waiting_samples_instead_of_hanging(
     sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
-    monkeypatch: pytest.MonkeyPatch,
+    short_outage_waits: pytest.MonkeyPatch,
 ) -> None:
     # The default limit is 120 s; the behaviour is the same with a short one.
-    monkeypatch.setattr(_futures, "_POLL_RETRY", RetryPolicy(max_retries=1, base_delay=0.01,
-                                                             max_delay=0.02))
-    monkeypatch.setattr(_futures, "_OUTAGE_PAUSE_S", 0.05)
-    monkeypatch.setattr(_futures, "_OUTAGE_LIMIT_S", 0.3)
+    short_outage_waits.setattr(_futures, "_OUTAGE_LIMIT_S", 0.3)
     rule = fresh_server.faults.add(r"/retrieve_futures$", status=503, count=None)
     with pytest.raises(tinker.APIConnectionError, match="No answer from the server"):
         await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
