@@ -73,7 +73,8 @@ class FloorSampler(AsyncSampler):
             headers={"X-API-Key": self.api_key},
             timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
         )
-        body = {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0", "type": "create_session"}
+        body: dict[str, Any] = {"tags": [], "user_metadata": {}, "sdk_version": "0.38.0",
+                                "type": "create_session"}
         self.session_id = (await self._post_json("create_session", body))["session_id"]
         body = {"session_id": self.session_id, "sampling_session_seq_id": 0,
                 "base_model": BASE_MODEL, "type": "create_sampling_session"}
@@ -139,10 +140,10 @@ def _ours_params() -> tuple[Any, Any]:
 class OursSampler(AsyncSampler):
     """tinker_async, async forms, on the running loop."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(self, url: str, api_key: str, **client_kwargs: Any) -> None:
         import tinker_async as tinker
 
-        self.service = tinker.ServiceClient(base_url=url, api_key=api_key)
+        self.service = tinker.ServiceClient(base_url=url, api_key=api_key, **client_kwargs)
 
     async def start(self) -> None:
         self.sc = await self.service.create_sampling_client_async(base_model=BASE_MODEL)
@@ -161,10 +162,10 @@ class OursSampler(AsyncSampler):
 class OursPlainSampler(AsyncSampler):
     """tinker_async, cookbook style: plain methods, awaited in async code."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(self, url: str, api_key: str, **client_kwargs: Any) -> None:
         import tinker_async as tinker
 
-        self.service = tinker.ServiceClient(base_url=url, api_key=api_key)
+        self.service = tinker.ServiceClient(base_url=url, api_key=api_key, **client_kwargs)
 
     async def start(self) -> None:
         self.sc = await self.service.create_sampling_client(base_model=BASE_MODEL)
@@ -204,33 +205,37 @@ class OfficialSampler(AsyncSampler):
     async def close(self) -> None:
         import asyncio
 
-        fut = self.service.close()
+        fut = self.service.close("success")
         await asyncio.wait_for(asyncio.wrap_future(fut.future()), 10)
 
 
-async def make_async_sampler(name: str, url: str, api_key: str, connections: int) -> AsyncSampler:
+async def make_async_sampler(name: str, url: str, api_key: str, connections: int,
+                             client_kwargs: dict[str, Any] | None = None) -> AsyncSampler:
+    """A started sampler. ``client_kwargs`` go to tinker_async's ServiceClient (for what-if
+    runs such as ``{"connection_limit": 256}``; the suite itself passes none)."""
     sampler: Any
     if name == "floor":
         sampler = FloorSampler(url, api_key, connections)
     elif name == "ours":
-        sampler = OursSampler(url, api_key)
+        sampler = OursSampler(url, api_key, **(client_kwargs or {}))
     elif name == "ours_plain":
-        sampler = OursPlainSampler(url, api_key)
+        sampler = OursPlainSampler(url, api_key, **(client_kwargs or {}))
     elif name == "official":
         sampler = OfficialSampler(url, api_key)
     else:
         raise ValueError(f"not an async contender: {name}")
     await sampler.start()
-    return sampler
+    started: AsyncSampler = sampler
+    return started
 
 
 class OursSyncSampler:
     """tinker_async sync forms: ``submit()`` -> APIFuture (``.result()`` blocks)."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(self, url: str, api_key: str, **client_kwargs: Any) -> None:
         import tinker_async as tinker
 
-        self.service = tinker.ServiceClient(base_url=url, api_key=api_key)
+        self.service = tinker.ServiceClient(base_url=url, api_key=api_key, **client_kwargs)
         self.sc = self.service.create_sampling_client(base_model=BASE_MODEL).result()
         prompt, params = _ours_params()
         plain = self.sc.sample
@@ -264,6 +269,7 @@ def make_datums(lib: Any, n: int, tokens: int) -> list[Any]:
 def encoder(name: str) -> tuple[Any, Callable[[list[Any]], bytes]]:
     """(types module, encode(datums) -> bytes): each library's forward_backward encoder,
     for one request holding every datum (objects -> protobuf bytes)."""
+    lib: Any
     if name == "ours":
         import tinker_async as lib
         from tinker_async import _proto
@@ -290,6 +296,7 @@ def encoder(name: str) -> tuple[Any, Callable[[list[Any]], bytes]]:
 
 async def training_client(name: str, url: str, api_key: str) -> tuple[Any, Any, Any]:
     """(service, training client, types module) for ``ours`` or ``official``."""
+    lib: Any
     if name == "ours":
         import tinker_async as lib
 

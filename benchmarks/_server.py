@@ -4,8 +4,9 @@
 prints one JSON line ``{"url": ..., "api_key": ..., "pid": ...}`` once it listens, then
 answers JSON commands on stdin, one per line, with one JSON line each:
 
-- ``{"cmd": "counts"}`` -> ``{"counts": {"POST /api/v1/asample": n, ...}}`` (the request
-  log; needs ``--record``),
+- ``{"cmd": "counts", "since": t0, "until": t1}`` -> ``{"counts": {"POST /api/v1/asample":
+  n, ...}}``: requests that arrived between ``t0`` and ``t1`` (``time.time()``; both
+  optional) by the request log (needs ``--record``),
 - ``{"cmd": "clear"}`` -> ``{"ok": true}`` (empties the request log),
 - ``{"cmd": "sample_delay", "seconds": s}`` -> ``{"ok": true}``,
 - ``{"cmd": "pending"}`` -> ``{"pending": n}`` (server futures not finished yet),
@@ -47,7 +48,8 @@ def _delaying_submit(store: Any, delay: list[float]) -> None:
                 return value
 
             work = delayed
-        return original(work, *args, kind=kind, **kwargs)
+        request_id: str = original(work, *args, kind=kind, **kwargs)
+        return request_id
 
     store.submit = submit
 
@@ -88,7 +90,9 @@ def main() -> int:
             name = cmd.get("cmd")
             reply: dict[str, Any]
             if name == "counts":
-                counts = collections.Counter(f"{r.method} {r.path}" for r in srv.requests)
+                since, until = cmd.get("since", 0.0), cmd.get("until", float("inf"))
+                counts = collections.Counter(
+                    f"{r.method} {r.path}" for r in srv.requests if since <= r.time <= until)
                 reply = {"counts": dict(counts)}
             elif name == "clear":
                 srv.clear_requests()

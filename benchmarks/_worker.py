@@ -53,6 +53,12 @@ def _emit(kind: str, payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _ask(payload: dict[str, Any]) -> str:
+    """A PROBE the parent must answer (one line on our stdin) before we go on."""
+    _emit("PROBE", payload)
+    return sys.stdin.readline().strip()
+
+
 class _Peaks:
     """Peak OS threads and Python threads, sampled by whoever calls ``sample()``."""
 
@@ -197,18 +203,21 @@ def task_sample(spec: dict[str, Any]) -> dict[str, Any]:
     concurrency, count = int(spec["concurrency"]), int(spec["count"])
     warmup, deadline = int(spec.get("warmup", 20)), float(spec.get("deadline_s", 60))
     if name in c.SYNC_CONTENDERS:
-        sync = c.OursSyncSampler(spec["url"], spec["api_key"])
+        sync = c.OursSyncSampler(spec["url"], spec["api_key"], **spec.get("client_kwargs", {}))
         _drive_threads(sync.submit, min(concurrency, warmup), warmup, 30, None,
                        int(spec.get("max_threads", 64)))
         peaks = _Peaks()
         peaks.sample()
         _emit("PROBE", {"phase": "start"})
+        t_start = time.time()
         cpu0, wall0 = _cpu(), time.perf_counter()
         lat, errors, first = _drive_threads(sync.submit, concurrency, count, deadline, peaks,
                                             int(spec.get("max_threads", 64)))
         wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        t_end = time.time()
         _emit("PROBE", {"phase": "end"})
         out = _summary(lat, errors, first, wall, cpu, peaks)
+        out["t_start"], out["t_end"] = t_start, t_end
         out["driver_threads"] = min(concurrency, int(spec.get("max_threads", 64)))
         _close_quietly(sync.close)
         return out
@@ -217,17 +226,21 @@ def task_sample(spec: dict[str, Any]) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         sampler = await c.make_async_sampler(name, spec["url"], spec["api_key"],
-                                             connections=max(100, concurrency))
+                                             connections=max(100, concurrency),
+                                             client_kwargs=spec.get("client_kwargs"))
         await _drive_async(sampler.sample, min(concurrency, warmup), warmup, 30, None)
         peaks = _Peaks()
         peaks.sample()
         _emit("PROBE", {"phase": "start"})
+        t_start = time.time()
         cpu0, wall0 = _cpu(), time.perf_counter()
         lat, errors, first = await _drive_async(sampler.sample, concurrency, count, deadline,
                                                 peaks)
         wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        t_end = time.time()
         _emit("PROBE", {"phase": "end"})
         out = _summary(lat, errors, first, wall, cpu, peaks)
+        out["t_start"], out["t_end"] = t_start, t_end
         out["driver_threads"] = 0
         try:
             await asyncio.wait_for(sampler.close(), 10)
@@ -249,75 +262,70 @@ def _close_quietly(fn: Any) -> None:
 
 
 def task_inflight(spec: dict[str, Any]) -> dict[str, Any]:
-    """RSS growth while ``count`` samples wait on the server (it holds them ``hold_s``)."""
+    """RSS growth while ``count`` samples wait on the server.
+
+    After a warm-up, the worker asks the parent to make the server hold samples
+    (``PROBE arm``), launches ``count`` samples at once, samples its RSS for ``window_s``,
+    asks the parent to count what the server holds (``PROBE held``), then reports and
+    exits at once: the samples still in flight are not waited for (nor cancelled).
+    """
     import gc
 
     from . import _contenders as c
 
     name, count = spec["contender"], int(spec["count"])
-    window = float(spec.get("window_s", 5.0))
+    window = float(spec.get("window_s", 4.0))
+    warmup = int(spec.get("warmup", 10))
+    peaks = _Peaks()
 
-    def measure_baseline() -> int:
-        gc.collect()
-        time.sleep(0.2)
-        return _status()["VmRSS"]
+    def finish(base: int, peak: int, calls_return_s: float) -> None:
+        held = _ask({"phase": "held"})
+        _emit("RESULT", {"n": count, "rss_base_kib": base, "rss_peak_kib": peak,
+                         "per_future_kib": (peak - base) / count,
+                         "calls_return_s": calls_return_s, "os_threads_peak": peaks.os_threads,
+                         "server_pending": int(held or 0)})
+        os._exit(0)
 
     if name in c.SYNC_CONTENDERS:
-        sync = c.OursSyncSampler(spec["url"], spec["api_key"])
-        _drive_threads(sync.submit, 1, int(spec.get("warmup", 10)), 30, None, 1)
-        base = measure_baseline()
+        sync = c.OursSyncSampler(spec["url"], spec["api_key"], **spec.get("client_kwargs", {}))
+        _drive_threads(sync.submit, 1, warmup, 30, None, 1)
+        gc.collect()
+        _ask({"phase": "arm"})
+        base = _status()["VmRSS"]
         started = time.perf_counter()
-        futures = [sync.submit() for _ in range(count)]
-        submit_s = time.perf_counter() - started
+        futures = [sync.submit() for _ in range(count)]  # plain calls: no thread each
+        calls_return_s = time.perf_counter() - started
         peak = base
-        peaks = _Peaks()
         while time.perf_counter() - started < window:
+            time.sleep(0.1)
             peak = max(peak, _status()["VmRSS"])
             peaks.sample()
-            time.sleep(0.1)
-        _emit("PROBE", {"phase": "held", "at_s": time.perf_counter() - started})
-        done = 0
-        for fut in futures:
-            try:
-                fut.result(60)
-                done += 1
-            except Exception:
-                pass
-        _close_quietly(sync.close)
-        return {"n": count, "done": done, "rss_base_kib": base, "rss_peak_kib": peak,
-                "per_future_kib": (peak - base) / count, "calls_return_s": submit_s,
-                "os_threads_peak": peaks.os_threads}
+        assert len(futures) == count
+        finish(base, peak, calls_return_s)
 
     import asyncio
 
-    async def main() -> dict[str, Any]:
+    async def main() -> None:
         sampler = await c.make_async_sampler(name, spec["url"], spec["api_key"],
-                                             connections=max(100, count))
-        await _drive_async(sampler.sample, 1, int(spec.get("warmup", 10)), 30, None)
+                                             connections=max(100, count),
+                                             client_kwargs=spec.get("client_kwargs"))
+        await _drive_async(sampler.sample, 1, warmup, 30, None)
         gc.collect()
-        await asyncio.sleep(0.2)
+        _ask({"phase": "arm"})
         base = _status()["VmRSS"]
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(sampler.sample()) for _ in range(count)]
+        tasks = [asyncio.ensure_future(sampler.sample()) for _ in range(count)]
+        calls_return_s = time.perf_counter() - started
         peak = base
-        peaks = _Peaks()
         while time.perf_counter() - started < window:
             await asyncio.sleep(0.1)
             peak = max(peak, _status()["VmRSS"])
             peaks.sample()
-        _emit("PROBE", {"phase": "held", "at_s": time.perf_counter() - started})
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
-        done = sum(1 for r in results if not isinstance(r, BaseException))
-        try:
-            await asyncio.wait_for(sampler.close(), 10)
-        except Exception:
-            pass
-        return {"n": count, "done": done, "rss_base_kib": base, "rss_peak_kib": peak,
-                "per_future_kib": (peak - base) / count, "calls_return_s": None,
-                "os_threads_peak": peaks.os_threads}
+        assert len(tasks) == count
+        finish(base, peak, calls_return_s)
 
-    return asyncio.run(main())
+    asyncio.run(main())
+    raise AssertionError("unreachable")
 
 
 # ----------------------------------------------------------------------------- idle
@@ -371,20 +379,25 @@ def task_idle(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_encode(spec: dict[str, Any]) -> dict[str, Any]:
+    """Encode ``datums`` x ``tokens`` once per repeat, each time on freshly built datums
+    (so that nothing an encoder may cache on the objects carries over)."""
+    import gc
+
     from . import _contenders as c
 
     lib, encode = c.encoder(spec["contender"])
-    data = c.make_datums(lib, int(spec["datums"]), int(spec["tokens"]))
-    encode(data[:8])  # warm caches
+    encode(c.make_datums(lib, 8, 16))  # first-call costs (imports, caches) untimed
     walls, cpus = [], []
     size = 0
     for _ in range(int(spec.get("repeat", 3))):
+        data = c.make_datums(lib, int(spec["datums"]), int(spec["tokens"]))
+        gc.collect()
         cpu0, wall0 = _cpu(), time.perf_counter()
         body = encode(data)
         walls.append(time.perf_counter() - wall0)
         cpus.append(_cpu() - cpu0)
         size = len(body)
-        del body
+        del body, data
     return {"wall_s": sorted(walls)[len(walls) // 2], "cpu_s": sorted(cpus)[len(cpus) // 2],
             "bytes": size, "walls": walls}
 
@@ -413,7 +426,8 @@ def task_fb(spec: dict[str, Any]) -> dict[str, Any]:
             if name == "ours":
                 await asyncio.wait_for(service.close_async(), 10)
             else:
-                await asyncio.wait_for(asyncio.wrap_future(service.close().future()), 10)
+                await asyncio.wait_for(
+                    asyncio.wrap_future(service.close("success").future()), 10)
         except Exception:
             pass
         return {"wall_s": sorted(walls)[mid], "cpu_s": sorted(cpus)[mid],
