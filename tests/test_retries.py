@@ -75,3 +75,18 @@ def test_rate_limit_error_after_retries(fresh_server: LocalServer, api_key: str)
     with pytest.raises(RateLimitError):
         _client(fresh_server, api_key, retries=1).list_training_runs().result(10)
     assert fresh_server.count(r"/training_runs$") == 2
+
+
+def test_submits_carry_unique_keys_and_polls_none(fresh_server: LocalServer, api_key: str) -> None:
+    from tinker_async import ModelInput, SamplingParams, ServiceClient
+
+    with ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
+        sc = svc.create_sampling_client(base_model="local/byte-lm").result(10)
+        for _ in range(3):
+            sc.sample(ModelInput.from_ints([72, 105]), 1, SamplingParams(max_tokens=2)).result(10)
+    submits = [r for r in fresh_server.requests if r.path.endswith("/asample")]
+    polls = [r for r in fresh_server.requests if r.path.endswith(("/retrieve_future",
+                                                                   "/retrieve_futures"))]
+    keys = [r.headers.get("X-Idempotency-Key") for r in submits]
+    assert len(submits) == 3 and None not in keys and len(set(keys)) == 3
+    assert polls and all("X-Idempotency-Key" not in r.headers for r in polls)

@@ -34,7 +34,10 @@ DEFAULT_RETRY_AFTER_CAP = 60.0
 DEFAULT_CALL_DEADLINE = 300.0
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
 DEFAULT_POLL_TIMEOUT = 45.0
-DEFAULT_CONNECTION_LIMIT = 4096
+#: Connections to the server. More sockets than this buy nothing (the server and the loop
+#: are the limit) and cost memory and CPU: measured at c=2048, 256 used 15-18% less client
+#: CPU per sample than 4096, and about 40% less memory per in-flight sample.
+DEFAULT_CONNECTION_LIMIT = 256
 DEFAULT_KEEPALIVE = 30.0
 
 _OFFICIAL_HOST_SUFFIX = ".thinkingmachines.dev"

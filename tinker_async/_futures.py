@@ -120,7 +120,7 @@ class _SessionLongPoll:
                 resp = await transport.request(
                     "POST", "retrieve_futures", json=body,
                     timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
-                    ok_statuses=frozenset({408}),
+                    ok_statuses=frozenset({408}), idempotency_key=False,
                 )
             except BaseException as exc:
                 self.retrieved = sent_ids + self.retrieved  # re-send the acks next time
@@ -268,7 +268,7 @@ class FuturePoller:
                 resp = await transport.request(
                     "POST", "retrieve_future", json=body, headers=headers,
                     timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
-                    ok_statuses=frozenset({408, 410}),
+                    ok_statuses=frozenset({408, 410}), idempotency_key=False,
                 )
             iteration += 1
             if resp.status == 410:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import logging
+import os
 import platform
+import secrets
 import time
-import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -73,6 +75,27 @@ async def _keep_until_loop_ends(session: aiohttp.ClientSession) -> None:
         if not session.closed:
             await session.close()
         raise
+
+
+class _IdempotencyKeys:
+    """Unique keys, cheaply: a random per-process prefix and a counter (not a uuid4 each).
+
+    The prefix is drawn again in a forked child, whose counter continues the parent's.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = f"tinker-async-{secrets.token_hex(8)}-"
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return self.prefix + str(next(self.counter))
+
+
+_new_idempotency_key = _IdempotencyKeys()
 
 
 def _close_soon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
@@ -335,11 +358,14 @@ class Transport:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         ok_statuses: frozenset[int] = frozenset(),
+        idempotency_key: bool = True,
     ) -> Response:
         """Send one logical request, retrying per ``retry``; return the response or raise.
 
         ``ok_statuses`` are error statuses the caller handles itself (e.g. 408 and 410 when
-        polling); they are returned instead of raised or retried.
+        polling); they are returned instead of raised or retried. Non-GET requests carry an
+        ``X-Idempotency-Key`` (the same on every retry) unless ``idempotency_key=False``,
+        for POSTs that only read (polls).
         """
         policy = retry or self.config.retry
         url = self.url(endpoint)
@@ -351,13 +377,12 @@ class Transport:
             content_type = "application/json"
         if content_type is not None:
             req_headers["Content-Type"] = content_type
-        if method != "GET":
-            req_headers["X-Idempotency-Key"] = f"tinker-async-{uuid.uuid4().hex}"
+        if method != "GET" and idempotency_key:
+            req_headers["X-Idempotency-Key"] = _new_idempotency_key()
         read_timeout = self._timeout(timeout or self.config.timeout)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        waits = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
-        next(waits)  # backoff.expo's first value is a priming None
+        waits: Iterator[float] | None = None  # made on the first retry (most calls need none)
         attempt = 0
         throttled = 0
         while True:
@@ -390,6 +415,9 @@ class Transport:
                     raise error
             elif attempt - throttled > policy.max_retries:
                 raise error
+            if waits is None:
+                waits = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
+                next(waits)  # backoff.expo's first value is a priming None
             delay = retry_after if retry_after is not None else backoff.full_jitter(next(waits))
             if loop.time() - started + delay > policy.deadline:
                 raise error
