@@ -17,12 +17,11 @@ a small numpy model on your machine.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from . import types
-from ._api_future import APIFuture, BlockingCallWarning, ClientFuture
-from ._config import RetryPolicy
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -46,40 +45,85 @@ from .errors import (
     TinkerError,
     UnprocessableEntityError,
 )
-from .paths import InvalidPathError
-from .rest import AdminClient, RestClient
-from .sampling import SamplingClient
-from .service import ServiceClient
-from .training import TrainingClient
-from .types import (
-    AdamParams,
-    Checkpoint,
-    CheckpointType,
-    Datum,
-    DmelChunk,
-    EncodedTextChunk,
-    ForwardBackwardOutput,
-    ImageAssetPointerChunk,
-    ImageChunk,
-    LoraConfig,
-    LossFnType,
-    ModelID,
-    ModelInput,
-    ModelInputChunk,
-    OptimStepRequest,
-    OptimStepResponse,
-    ParsedCheckpointTinkerPath,
-    PromptProvenanceSpan,
-    SampledProvenanceSpan,
-    SampledSequence,
-    SampleRequest,
-    SampleResponse,
-    SamplingParams,
-    StopReason,
-    TensorData,
-    TensorDtype,
-    TrainingRun,
-)
+
+# Everything else loads on first use (PEP 562): `import tinker_async` stays cheap for
+# command-line tools and worker processes, and aiohttp and numpy (most of the import
+# time) load with the first client or type that needs them.
+if TYPE_CHECKING:
+    from . import types
+    from ._api_future import APIFuture, BlockingCallWarning, ClientFuture
+    from ._config import RetryPolicy
+    from .paths import InvalidPathError
+    from .rest import AdminClient, RestClient
+    from .sampling import SamplingClient
+    from .service import ServiceClient
+    from .training import TrainingClient
+    from .types import (
+        AdamParams,
+        Checkpoint,
+        CheckpointType,
+        Datum,
+        DmelChunk,
+        EncodedTextChunk,
+        ForwardBackwardOutput,
+        ImageAssetPointerChunk,
+        ImageChunk,
+        LoraConfig,
+        LossFnType,
+        ModelID,
+        ModelInput,
+        ModelInputChunk,
+        OptimStepRequest,
+        OptimStepResponse,
+        ParsedCheckpointTinkerPath,
+        PromptProvenanceSpan,
+        SampledProvenanceSpan,
+        SampledSequence,
+        SampleRequest,
+        SampleResponse,
+        SamplingParams,
+        StopReason,
+        TensorData,
+        TensorDtype,
+        TrainingRun,
+    )
+
+_LAZY: dict[str, str] = {
+    "APIFuture": "._api_future",
+    "BlockingCallWarning": "._api_future",
+    "ClientFuture": "._api_future",
+    "RetryPolicy": "._config",
+    "InvalidPathError": ".paths",
+    "AdminClient": ".rest",
+    "RestClient": ".rest",
+    "SamplingClient": ".sampling",
+    "ServiceClient": ".service",
+    "TrainingClient": ".training",
+    **{name: ".types" for name in (
+        "AdamParams", "Checkpoint", "CheckpointType", "Datum", "DmelChunk", "EncodedTextChunk",
+        "ForwardBackwardOutput", "ImageAssetPointerChunk", "ImageChunk", "LoraConfig",
+        "LossFnType", "ModelID", "ModelInput", "ModelInputChunk", "OptimStepRequest",
+        "OptimStepResponse", "ParsedCheckpointTinkerPath", "PromptProvenanceSpan",
+        "SampledProvenanceSpan", "SampledSequence", "SampleRequest", "SampleResponse",
+        "SamplingParams", "StopReason", "TensorData", "TensorDtype", "TrainingRun",
+    )},
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "types":
+        value: Any = importlib.import_module(".types", __name__)
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __title__ = "tinker_async"
 
@@ -163,12 +207,14 @@ def install_as_tinker() -> None:
                  "SamplingClient"):
         setattr(public, name, getattr(this, name))
     lib.public_interfaces = public  # type: ignore[attr-defined]
-    modules = {
+    types_module = importlib.import_module(".types", __name__)
+    modules: dict[str, ModuleType] = {
         "tinker": this,
-        "tinker.types": types,
+        "tinker.types": types_module,
+        "tinker.types.tensor_data": importlib.import_module(".types.tensor_data", __name__),
         "tinker.lib": lib,
         "tinker.lib.public_interfaces": public,
     }
-    for sub in ("tensor_data", "datum", "model_input", "sampling_params", "loss_fn_type"):
-        modules[f"tinker.types.{sub}"] = types
+    for sub in ("datum", "model_input", "sampling_params", "loss_fn_type"):
+        modules[f"tinker.types.{sub}"] = types_module
     sys.modules.update(modules)
