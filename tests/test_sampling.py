@@ -225,8 +225,12 @@ async def test_429_on_asample_is_retried_with_the_same_seq_id(
     assert all(q.headers["X-Tinker-Sampling-Backpressure"] == "1" for q in asamples)
 
 
-async def test_failed_sample_raises_request_failed_error(sc: tinker.SamplingClient,
-                                                         fresh_server: LocalServer) -> None:
+@pytest.mark.parametrize("direct_max", [0, 4], ids=["batch-poll", "direct-fetch"])
+async def test_failed_sample_raises_request_failed_error(
+    sc: tinker.SamplingClient, fresh_server: LocalServer, direct_max: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", direct_max)
     out_of_vocab = tinker.ModelInput.from_ints([1, 2, 100_000])
     with pytest.raises(tinker.RequestFailedError) as info:
         await sc.sample_async(out_of_vocab, 1, GREEDY)
@@ -239,7 +243,9 @@ async def test_failed_sample_raises_request_failed_error(sc: tinker.SamplingClie
 
 
 @pytest.mark.parametrize("batch_poll", [True, False])
-async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool) -> None:
+async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", 0)  # a lone sample uses the mode
     config = {"sample_use_retrieve_futures": batch_poll}
     with LocalServer(api_key=api_key, client_config=config).in_thread() as srv:
         async with tinker.ServiceClient(base_url=srv.url, api_key=api_key) as svc:
@@ -257,8 +263,27 @@ async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool) -> None:
             assert len(asample_bodies(srv)) == 2 + 4
 
 
-async def test_a_malformed_batch_poll_answer_fails_the_waiting_samples(
+@pytest.fixture
+def batch_poll_always(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Route even a lone sample through the batch long-poll (light load normally fetches
+    directly), for the tests of the long-poll itself."""
+    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", 0)
+    return monkeypatch
+
+
+async def test_light_load_fetches_directly(
     sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer
+) -> None:
+    fresh_server.clear_requests()
+    for _ in range(3):
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
+    assert fresh_server.count(r"/retrieve_future$") == 3
+    assert fresh_server.count(r"/retrieve_futures$") == 0  # two round trips per sample
+
+
+async def test_a_malformed_batch_poll_answer_fails_the_waiting_samples(
+    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
+    batch_poll_always: pytest.MonkeyPatch,
 ) -> None:
     fresh_server.faults.add(r"/retrieve_futures$", status=200, body={"completions": [7],
                                                                       "cursor": 1})
@@ -270,9 +295,10 @@ async def test_a_malformed_batch_poll_answer_fails_the_waiting_samples(
 
 
 @pytest.fixture
-def short_outage_waits(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def short_outage_waits(batch_poll_always: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Shorter waits than the defaults (8 poll retries up to 5 s apart, 1 s pauses), same
-    behaviour."""
+    behaviour, on the batch long-poll."""
+    monkeypatch = batch_poll_always
     monkeypatch.setattr(_futures, "_POLL_RETRY", RetryPolicy(max_retries=1, base_delay=0.01,
                                                              max_delay=0.02))
     monkeypatch.setattr(_futures, "_OUTAGE_PAUSE_S", 0.05)

@@ -49,6 +49,12 @@ _UNCLAIMED_LIMIT = 10_000
 _OUTAGE_PAUSE_S = 1.0
 #: a batch long-poll that cannot reach the server for this long fails its waiters
 _OUTAGE_LIMIT_S = 120.0
+#: with at most this many samples in flight, one held retrieve_future each is cheapest
+_DIRECT_FETCH_MAX = 4
+#: a long-poll answer that came back at once with fewer completions than this means they
+#: arrive fast: wait out the rest of _REARM_DELAY_S so the next answer carries more
+_BATCH_TARGET = 16
+_REARM_DELAY_S = 0.025
 
 
 class PromiseExpired(TinkerError):
@@ -85,6 +91,9 @@ class _SessionLongPoll:
         }
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.unclaimed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.fetched: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: samples of this session being waited for, by either route
+        self.in_flight = 0
         self.cursor = 0
         self.retrieved: list[str] = []
         self.task: asyncio.Task[None] | None = None
@@ -108,6 +117,14 @@ class _SessionLongPoll:
     def mark_retrieved(self, request_id: str) -> None:
         self.retrieved.append(request_id)
 
+    def mark_fetched(self, request_id: str) -> None:
+        """``request_id`` was fetched without the long-poll: ack it, and drop its completion
+        when a later answer reports it."""
+        self.retrieved.append(request_id)
+        self.fetched[request_id] = None
+        while len(self.fetched) > _UNCLAIMED_LIMIT:
+            self.fetched.popitem(last=False)
+
     async def _run(self) -> None:
         transport = self.poller.transport
         last_answer = time.monotonic()
@@ -116,6 +133,7 @@ class _SessionLongPoll:
             self.retrieved = []
             body = {"target": self.target, "prev_cursor": self.cursor,
                     "retrieved_request_ids": sent_ids}
+            asked = time.monotonic()
             try:
                 resp = await transport.request(
                     "POST", "retrieve_futures", json=body,
@@ -146,13 +164,19 @@ class _SessionLongPoll:
             if resp.status == 408:
                 continue
             try:
-                self._take(resp.json())
+                taken = self._take(resp.json())
             except Exception as exc:  # an answer we cannot read must not strand the waiters
                 self._fail_all(APIError(f"unreadable retrieve_futures answer: {exc!r}"))
                 return
+            quick = time.monotonic() - asked
+            if self.waiters and taken < _BATCH_TARGET and quick < _REARM_DELAY_S:
+                # Completions are arriving fast: gather a few more per answer.
+                await asyncio.sleep(_REARM_DELAY_S - quick)
 
-    def _take(self, data: Any) -> None:
-        """Record one ``retrieve_futures`` answer: wake the waiters whose requests are done."""
+    def _take(self, data: Any) -> int:
+        """Record one ``retrieve_futures`` answer: wake the waiters whose requests are done.
+
+        Returns how many completions it carried."""
         cursor = int(data.get("cursor", self.cursor))
         completions = data.get("completions", ())
         request_ids = [c["request_id"] for c in completions]
@@ -164,10 +188,13 @@ class _SessionLongPoll:
             if fut is not None:
                 if not fut.done():
                     fut.set_result(completion)
+            elif rid in self.fetched:  # its result was fetched directly already
+                del self.fetched[rid]
             else:
                 self.unclaimed[rid] = completion
                 while len(self.unclaimed) > _UNCLAIMED_LIMIT:
                     self.unclaimed.popitem(last=False)
+        return len(completions)
 
     def _fail_all(self, exc: Exception, *, permanent: bool = True) -> None:
         """Fail every waiter; a permanent failure also fails every later wait at once."""
@@ -228,15 +255,28 @@ class FuturePoller:
             session = self._sessions.get(sampling_session)
             if session is None:
                 session = self._sessions[sampling_session] = _SessionLongPoll(self, *sampling_session)
+            session.in_flight += 1
             try:
-                await session.wait(request_id)
-            except asyncio.CancelledError:
-                session.forget(request_id)
-                raise
-            try:
-                return await self._poll(request_id, request_type, decode, protobuf, submitted_at)
+                if session.in_flight <= _DIRECT_FETCH_MAX and session.failure is None:
+                    # Light load: one held retrieve_future (two round trips in all, like
+                    # the official per-request path) costs less than long-poll plus fetch.
+                    try:
+                        return await self._poll(request_id, request_type, decode, protobuf,
+                                                submitted_at)
+                    finally:
+                        session.mark_fetched(request_id)
+                try:
+                    await session.wait(request_id)
+                except asyncio.CancelledError:
+                    session.forget(request_id)
+                    raise
+                try:
+                    return await self._poll(request_id, request_type, decode, protobuf,
+                                            submitted_at)
+                finally:
+                    session.mark_retrieved(request_id)
             finally:
-                session.mark_retrieved(request_id)
+                session.in_flight -= 1
         return await self._poll(request_id, request_type, decode, protobuf, submitted_at)
 
     async def _poll(
