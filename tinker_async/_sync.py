@@ -297,7 +297,3 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-
-def run_blocking(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run ``coro`` to completion from sync code that is not on the background loop."""
-    return asyncio.run_coroutine_threadsafe(coro, background_loop()).result(timeout)

@@ -263,10 +263,6 @@ class Transport:
         headers.update(self.config.default_headers)
         return headers
 
-    def refresh_headers(self) -> None:
-        """Rebuild the static headers after the dialect changed (e.g. at handshake)."""
-        self._base_headers = self._build_base_headers()
-
     # -- the aiohttp session ----------------------------------------------------------
 
     def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
