@@ -51,10 +51,11 @@ _OUTAGE_PAUSE_S = 1.0
 _OUTAGE_LIMIT_S = 120.0
 #: with at most this many samples in flight, one held retrieve_future each is cheapest
 _DIRECT_FETCH_MAX = 4
-#: a long-poll answer that came back at once with fewer completions than this means they
-#: arrive fast: wait out the rest of _REARM_DELAY_S so the next answer carries more
-_BATCH_TARGET = 16
-_REARM_DELAY_S = 0.025
+#: under load, re-arm the long-poll after a window sized (from the observed completion
+#: rate) to gather about _BATCH_TARGET completions per answer, within these bounds
+_BATCH_TARGET = 12
+_REARM_MIN_S = 0.005
+_REARM_MAX_S = 0.05
 
 
 class PromiseExpired(TinkerError):
@@ -127,7 +128,7 @@ class _SessionLongPoll:
 
     async def _run(self) -> None:
         transport = self.poller.transport
-        last_answer = time.monotonic()
+        last_answer = cycle_start = time.monotonic()
         while self.waiters:
             sent_ids = self.retrieved
             self.retrieved = []
@@ -168,10 +169,16 @@ class _SessionLongPoll:
             except Exception as exc:  # an answer we cannot read must not strand the waiters
                 self._fail_all(APIError(f"unreadable retrieve_futures answer: {exc!r}"))
                 return
-            quick = time.monotonic() - asked
-            if self.waiters and taken < _BATCH_TARGET and quick < _REARM_DELAY_S:
-                # Completions are arriving fast: gather a few more per answer.
-                await asyncio.sleep(_REARM_DELAY_S - quick)
+            if self.waiters and taken < _BATCH_TARGET:
+                # Few completions per answer: wait long enough (at the rate they have been
+                # arriving) for the next answer to carry about _BATCH_TARGET of them.
+                now = time.monotonic()
+                rate = taken / max(now - cycle_start, 1e-3)
+                window = _BATCH_TARGET / rate if rate > 0 else _REARM_MAX_S
+                window = min(max(window, _REARM_MIN_S), _REARM_MAX_S) - (now - asked)
+                if window > 0:
+                    await asyncio.sleep(window)
+            cycle_start = asked
 
     def _take(self, data: Any) -> int:
         """Record one ``retrieve_futures`` answer: wake the waiters whose requests are done.
