@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tinker_async import ServiceClient
 from tinker_async.local import LocalServer
 
 API_KEY = "tml-test-0123456789abcdef"
@@ -37,6 +38,13 @@ def fresh_server(server: LocalServer) -> Iterator[LocalServer]:
     server.clear_requests()
     yield server
     server.faults.clear()
+
+
+@pytest.fixture
+async def service(fresh_server: LocalServer) -> AsyncIterator[ServiceClient]:
+    """A ServiceClient on the shared server, closed after the test."""
+    async with ServiceClient(base_url=fresh_server.url, api_key=API_KEY) as svc:
+        yield svc
 
 
 @pytest.fixture

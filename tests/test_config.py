@@ -102,3 +102,7 @@ def test_public_names() -> None:
                  "AdamParams", "ParsedCheckpointTinkerPath"):
         assert hasattr(tinker, name), name
     assert tinker.EncodedTextChunk is tinker.types.EncodedTextChunk
+    # __all__, the lazy-load table and the TYPE_CHECKING imports list the names apart:
+    # every advertised name must really resolve.
+    for name in tinker.__all__:
+        assert getattr(tinker, name) is not None, name

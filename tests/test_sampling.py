@@ -13,7 +13,7 @@ import base64
 import concurrent.futures
 import json
 import pickle
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,12 +32,6 @@ GREEDY = tinker.SamplingParams(max_tokens=8, temperature=0.0)
 
 def asample_bodies(srv: LocalServer) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in srv.requests if r.path.endswith("/asample")]
-
-
-@pytest.fixture
-async def service(fresh_server: LocalServer, api_key: str) -> AsyncIterator[tinker.ServiceClient]:
-    async with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
-        yield svc
 
 
 @pytest.fixture

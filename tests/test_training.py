@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,12 +61,6 @@ def wire_ops(srv: LocalServer, model_id: str) -> list[tuple[str, int | None, int
 
 def accepted_seqs(srv: LocalServer, model_id: str) -> list[int | None]:
     return [seq for _, seq, status in wire_ops(srv, model_id) if status == 200]
-
-
-@pytest.fixture
-async def service(fresh_server: LocalServer, api_key: str) -> AsyncIterator[tinker.ServiceClient]:
-    async with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
-        yield svc
 
 
 @pytest.fixture

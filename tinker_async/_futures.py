@@ -263,25 +263,24 @@ class FuturePoller:
             if session is None:
                 session = self._sessions[sampling_session] = _SessionLongPoll(self, *sampling_session)
             session.in_flight += 1
+            # Light load: one held retrieve_future (two round trips in all, like the
+            # official per-request path) costs less than long-poll plus fetch.
+            direct = session.in_flight <= _DIRECT_FETCH_MAX and session.failure is None
             try:
-                if session.in_flight <= _DIRECT_FETCH_MAX and session.failure is None:
-                    # Light load: one held retrieve_future (two round trips in all, like
-                    # the official per-request path) costs less than long-poll plus fetch.
+                if not direct:
                     try:
-                        return await self._poll(request_id, request_type, decode, protobuf,
-                                                submitted_at)
-                    finally:
-                        session.mark_fetched(request_id)
-                try:
-                    await session.wait(request_id)
-                except asyncio.CancelledError:
-                    session.forget(request_id)
-                    raise
+                        await session.wait(request_id)
+                    except asyncio.CancelledError:
+                        session.forget(request_id)
+                        raise
                 try:
                     return await self._poll(request_id, request_type, decode, protobuf,
                                             submitted_at)
                 finally:
-                    session.mark_retrieved(request_id)
+                    if direct:
+                        session.mark_fetched(request_id)
+                    else:
+                        session.mark_retrieved(request_id)
             finally:
                 session.in_flight -= 1
         return await self._poll(request_id, request_type, decode, protobuf, submitted_at)

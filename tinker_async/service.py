@@ -28,7 +28,7 @@ from .paths import parse_checkpoint_path
 from .rest import RestClient
 from .sampling import SamplingClient
 from .training import TrainingClient
-from .types import GetInfoResponse, GetServerCapabilitiesResponse
+from .types import GetInfoResponse, GetServerCapabilitiesResponse, _wire
 from .types._paths import CONSOLE_BASE_URL
 
 __all__ = ["ServiceClient"]
@@ -227,7 +227,7 @@ class ServiceClient:
         if user_metadata:
             body["user_metadata"] = dict(user_metadata)
         if optimizer is not None and getattr(optimizer, "type", "adamw") != "adamw":
-            body["optimizer_config"] = _to_dict(optimizer)
+            body["optimizer_config"] = _wire.to_builtins(optimizer)
         resp = await self._transport.request("POST", "create_model", json=body)
         result = await self._poll_json(resp.json(), "CreateModel")
         model_id = result.get("model_id") if isinstance(result, dict) else None
@@ -258,7 +258,7 @@ class ServiceClient:
             if weights_access_token:
                 body["weights_access_token"] = weights_access_token
             if optimizer_config is not None and getattr(optimizer_config, "type", "adamw") != "adamw":
-                body["optimizer_config"] = _to_dict(optimizer_config)
+                body["optimizer_config"] = _wire.to_builtins(optimizer_config)
             promise = (await self._transport.request("POST", "load_weights", json=body)).json()
             result = await self._poll_json(promise, "LoadWeights")
             model_id = result.get("model_id") if isinstance(result, dict) else None
@@ -464,12 +464,6 @@ class ServiceClient:
             )
         except Exception as exc:
             log.debug("close at exit failed: %r", exc)
-
-
-def _to_dict(value: Any) -> Any:
-    import msgspec
-
-    return msgspec.to_builtins(value)
 
 
 def _finish_status(exc_type: type[BaseException] | None) -> FinishStatus:

@@ -40,6 +40,7 @@ from ._sync import homed
 from ._transport import PROTOBUF, Response
 from ._validate import check_adam_params, check_checkpoint_name, check_forward_backward
 from .errors import APIConnectionError, APIError, InvalidRequestError, NotFoundError, TinkerError
+from .paths import parse_checkpoint_path
 from .types import _wire
 from .types._paths import CONSOLE_BASE_URL
 
@@ -539,8 +540,6 @@ class TrainingClient:
         return body
 
     async def _load(self, path: str, optimizer: bool, token: str | None) -> APIFuture[t.LoadWeightsResponse]:
-        from .paths import parse_checkpoint_path
-
         parse_checkpoint_path(path)
         body: dict[str, Any] = {"model_id": self.model_id, "path": path, "optimizer": optimizer,
                                 "type": "load_weights"}
