@@ -39,6 +39,7 @@ LABELS = {
     "ours_plain": "tinker_async plain-awaited",
     "ours_sync": "tinker_async sync+threads",
     "official": "official tinker 0.38",
+    "ours_np": "tinker_async, numpy tokens",
 }
 
 
@@ -248,16 +249,23 @@ class OursSyncSampler:
 # ------------------------------------------------------------------------------- training
 
 
-def make_datums(lib: Any, n: int, tokens: int) -> list[Any]:
-    """``n`` datums of ``tokens`` tokens each, built the usual way with ``lib``'s types."""
+def make_datums(lib: Any, n: int, tokens: int, numpy_tokens: bool = False) -> list[Any]:
+    """``n`` datums of ``tokens`` tokens each, built the usual way with ``lib``'s types:
+    token lists (``ModelInput.from_ints``), tensors from numpy. ``numpy_tokens`` gives the
+    text chunks int32 arrays instead, which only tinker_async's types accept."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     out = []
     for _ in range(n):
         toks = rng.integers(0, 256, size=tokens + 1)
+        if numpy_tokens:
+            model_input = lib.ModelInput(
+                chunks=[lib.EncodedTextChunk(tokens=toks[:-1].astype(np.int32))])
+        else:
+            model_input = lib.ModelInput.from_ints(toks[:-1].tolist())
         out.append(lib.Datum(
-            model_input=lib.ModelInput.from_ints(toks[:-1].tolist()),
+            model_input=model_input,
             loss_fn_inputs={
                 "target_tokens": lib.TensorData.from_numpy(toks[1:].astype(np.int64)),
                 "weights": lib.TensorData.from_numpy(np.ones(tokens, dtype=np.float32)),
@@ -270,7 +278,7 @@ def encoder(name: str) -> tuple[Any, Callable[[list[Any]], bytes]]:
     """(types module, encode(datums) -> bytes): each library's forward_backward encoder,
     for one request holding every datum (objects -> protobuf bytes)."""
     lib: Any
-    if name == "ours":
+    if name in ("ours", "ours_np"):
         import tinker_async as lib
         from tinker_async import _proto
 

@@ -386,11 +386,12 @@ def task_encode(spec: dict[str, Any]) -> dict[str, Any]:
     from . import _contenders as c
 
     lib, encode = c.encoder(spec["contender"])
-    encode(c.make_datums(lib, 8, 16))  # first-call costs (imports, caches) untimed
+    numpy_tokens = spec["contender"] == "ours_np"
+    encode(c.make_datums(lib, 8, 16, numpy_tokens))  # first-call costs (imports) untimed
     walls, cpus = [], []
     size = 0
     for _ in range(int(spec.get("repeat", 3))):
-        data = c.make_datums(lib, int(spec["datums"]), int(spec["tokens"]))
+        data = c.make_datums(lib, int(spec["datums"]), int(spec["tokens"]), numpy_tokens)
         gc.collect()
         cpu0, wall0 = _cpu(), time.perf_counter()
         body = encode(data)

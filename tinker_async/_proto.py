@@ -60,6 +60,7 @@ Optional zstd (:func:`compress`, :func:`decompress`) uses ``zstandard``, importe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import struct
@@ -426,12 +427,17 @@ def _int32_bytes(values: Sequence[int] | npt.NDArray[Any]) -> bytes | memoryview
     ``struct`` refuses (floats, out-of-range ids) goes to numpy, so the result and the
     errors stay numpy's.
     """
-    if isinstance(values, list):
+    if type(values) is list:
         try:
-            return struct.pack(f"<{len(values)}i", *values)
+            return _int32_packer(len(values)).pack(*values)
         except struct.error:
             pass
     return _contiguous(values, _I32).data.cast("B")
+
+
+@functools.lru_cache(maxsize=256)
+def _int32_packer(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}i")
 
 
 def _tensor_values(td: TensorData) -> npt.NDArray[Any]:
@@ -572,13 +578,75 @@ def encode_forward_backward_request(
     ``deterministic=True`` (see the module docstring).
     """
     w = Writer()
+    _write_request_header(w, model_id, seq_id)
+    _write_request_body(w, data, loss_fn, loss_fn_config, forward_only, deterministic)
+    return w.getvalue()
+
+
+class ForwardBackwardBody:
+    """A ``ForwardBackwardRequest`` encoded before its ``seq_id`` is known.
+
+    The client fixes a request's content when it is called but takes its sequence id only
+    when its turn to submit comes. The body is encoded once into a buffer that keeps room
+    in front for ``model_id`` and ``seq_id``; :meth:`payload` writes them there and returns
+    a view from their first byte, so the megabytes of tensors are never copied again. The
+    bytes are those of :func:`encode_forward_backward_request` with the same arguments.
+    """
+
+    __slots__ = ("_buffer", "_header", "_model_id")
+
+    def __init__(
+        self,
+        model_id: str,
+        data: Sequence[Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+        forward_only: bool = False,
+    ) -> None:
+        self._model_id = model_id
+        w = Writer()
+        _write_request_header(w, model_id, None)
+        # Room for seq_id: its key and a varint of up to ten bytes (a negative int32).
+        self._header = len(w.getvalue()) + 11
+        w.parts = [bytes(self._header)]
+        _write_request_body(w, data, loss_fn, loss_fn_config, forward_only, False)
+        self._buffer = bytearray().join(w.parts)
+
+    def payload(self, seq_id: int | None) -> memoryview:
+        """The whole request with ``seq_id`` (a view into the buffer, valid until the
+        next call)."""
+        w = Writer()
+        _write_request_header(w, self._model_id, seq_id)
+        header = w.getvalue()
+        start = self._header - len(header)
+        self._buffer[start:self._header] = header
+        return memoryview(self._buffer)[start:]
+
+    def __len__(self) -> int:
+        """The size of the fields after ``seq_id``, in bytes."""
+        return len(self._buffer) - self._header
+
+
+def _write_request_header(w: Writer, model_id: str, seq_id: int | None) -> None:
     if model_id:
         w.string(_REQ_MODEL_ID, model_id)
     seq = _check_int32(seq_id if seq_id is not None else 0, "seq_id")
     if seq:
         w.varint(_REQ_SEQ_ID, seq)
+
+
+def _write_request_body(
+    w: Writer,
+    data: Sequence[Datum],
+    loss_fn: str,
+    loss_fn_config: Mapping[str, float | str] | None,
+    forward_only: bool,
+    deterministic: bool,
+) -> None:
+    """Every field after ``model_id`` and ``seq_id``, in field-number order."""
     for datum in data:
-        _write_datum(w, datum, deterministic)
+        if not _write_plain_datum(w, datum, deterministic):
+            _write_datum(w, datum, deterministic)
     if loss_fn:
         w.string(_REQ_LOSS_FN, loss_fn)
     config = list(_sorted_items(loss_fn_config, deterministic)) if loss_fn_config else []
@@ -599,7 +667,6 @@ def encode_forward_backward_request(
         w.blob(
             _REQ_CONFIG_V2, _string_field(_ENTRY_KEY, name) + _bytes_field(_ENTRY_VALUE, value_msg)
         )
-    return w.getvalue()
 
 
 def _bytes_field(key: bytes, payload: bytes) -> bytes:
@@ -613,6 +680,93 @@ def _string_field(key: bytes, value: str) -> bytes:
 
 def _double_field(key: bytes, value: float) -> bytes:
     return key + encode_double(value)
+
+
+def _write_plain_datum(w: Writer, datum: Datum, deterministic: bool) -> bool:
+    """Write the common datum (text chunks, dense tensors, no spans) in one pass.
+
+    Nearly every datum looks like this, and the general writer's nested begin/end calls
+    cost more than packing the tokens themselves. The bytes around each payload depend
+    only on sizes, names, dtypes and shapes, which repeat from datum to datum, so they come
+    from small caches; each datum adds its header and its payloads to the output, and
+    nothing is copied until the final join. Returns False, having written nothing, for
+    anything else (the general writer then handles it, and raises what it raises).
+    """
+    if datum.model_input_spans or datum.loss_fn_input_spans:
+        return False
+    parts: list[bytes | memoryview] = [b""]  # [0]: the datum's own header, once known
+    size = 0
+    for chunk in datum.model_input.chunks:
+        if type(chunk) is not EncodedTextChunk:
+            return False
+        tokens = _int32_bytes(chunk.tokens)
+        n = len(tokens)
+        head = _TEXT_HEADS.get(n) or _text_head(n)
+        parts += (head, tokens)
+        size += len(head) + n
+    for name, td in _sorted_items(datum.loss_fn_inputs, deterministic):
+        if td.sparse_crow_indices is not None:
+            return False
+        values = td._numpy
+        key = (name, td.dtype, values.nbytes, None if td.shape is None else tuple(td.shape))
+        around = _TENSOR_ENTRIES.get(key) or _tensor_entry(*key)
+        if around is None:
+            return False
+        np_dtype, head, tail = around
+        if values.dtype != np_dtype or not values.flags.c_contiguous:
+            values = _contiguous(values, np_dtype)  # same item size: the head still fits
+        parts += (head, values.data, tail)
+        size += len(head) + values.nbytes + len(tail)
+    parts[0] = head = _REQ_DATA + encode_varint(size)
+    w.parts += parts
+    w.size += len(head) + size
+    return True
+
+
+_CACHE_LIMIT: Final = 4096
+_TEXT_HEADS: dict[int, bytes] = {}
+_TENSOR_ENTRIES: dict[tuple[str, str, int, tuple[int, ...] | None],
+                      tuple[np.dtype[Any], bytes, bytes] | None] = {}
+
+
+def _text_head(nbytes: int) -> bytes:
+    """Everything before a text chunk's ``nbytes`` of tokens: ``model_input{encoded_text{
+    tokens}}`` keys and lengths (no tokens field at all when there are none)."""
+    tokens = _TEXT_TOKENS + encode_varint(nbytes) if nbytes else b""
+    text_size = len(tokens) + nbytes
+    chunk_size = len(_CHUNK_TEXT) + len(encode_varint(text_size)) + text_size
+    head = (_DATUM_MODEL_INPUT + encode_varint(chunk_size) + _CHUNK_TEXT
+            + encode_varint(text_size) + tokens)
+    if len(_TEXT_HEADS) >= _CACHE_LIMIT:
+        _TEXT_HEADS.clear()
+    _TEXT_HEADS[nbytes] = head
+    return head
+
+
+def _tensor_entry(
+    name: str, dtype: str, nbytes: int, shape: tuple[int, ...] | None
+) -> tuple[np.dtype[Any], bytes, bytes] | None:
+    """(numpy dtype, bytes before the data, bytes after it) of a ``loss_fn_inputs`` entry
+    holding a dense tensor; None for a dtype the wire has no slot for."""
+    spec = _WRITE_DTYPES.get(dtype)
+    if spec is None:
+        return None
+    proto_dtype, np_dtype = spec
+    w = Writer()
+    w.varint(_TENSOR_DTYPE, proto_dtype)
+    if shape is not None:
+        w.packed_varints(_TENSOR_SHAPE, shape)
+    tail = w.getvalue()
+    dense = _TENSOR_DENSE + encode_varint(nbytes)
+    tensor_size = len(dense) + nbytes + len(tail)
+    key = _string_field(_ENTRY_KEY, name)
+    entry_size = len(key) + len(_ENTRY_VALUE) + len(encode_varint(tensor_size)) + tensor_size
+    head = (_DATUM_LOSS_FN_INPUTS + encode_varint(entry_size) + key + _ENTRY_VALUE
+            + encode_varint(tensor_size) + dense)
+    if len(_TENSOR_ENTRIES) >= _CACHE_LIMIT:
+        _TENSOR_ENTRIES.clear()
+    entry = _TENSOR_ENTRIES[(name, dtype, nbytes, shape)] = (np_dtype, head, tail)
+    return entry
 
 
 def _write_datum(w: Writer, datum: Datum, deterministic: bool) -> None:

@@ -347,7 +347,7 @@ class Transport:
         endpoint: str,
         *,
         json: Any = None,
-        body: bytes | None = None,
+        body: bytes | memoryview | None = None,
         content_type: str | None = None,
         params: Mapping[str, str | int] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -426,7 +426,7 @@ class Transport:
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: bytes | None,
+        body: bytes | memoryview | None,
         params: Mapping[str, str | int] | None,
         timeout: aiohttp.ClientTimeout,
     ) -> Response:

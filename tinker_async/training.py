@@ -288,9 +288,10 @@ class TrainingClient:
             int(dialect.flag("fwdbwd_max_chunk_bytes_count")),
         )
         use_proto = dialect.protobuf
+        # Encoded now (the call fixes the content); the seq id is written in at submit.
         bodies = [
-            _proto.encode_forward_backward_request(
-                "", 0, chunk.data, loss_fn, loss_fn_config, forward_only)
+            _proto.ForwardBackwardBody(
+                self.model_id, chunk.data, loss_fn, loss_fn_config, forward_only)
             for chunk in chunks
         ] if use_proto else []
         tickets = tickets if tickets is not None else self._seq.tickets(1)
@@ -300,7 +301,7 @@ class TrainingClient:
 
         async def send(i: int, seq: int, accepted: list[Response]) -> Response:
             if use_proto:
-                payload = _proto.encode_forward_backward_request(self.model_id, seq, [], "") + bodies[i]
+                payload: bytes | memoryview = bodies[i].payload(seq)
                 headers = {}
                 if compress:
                     payload = await asyncio.to_thread(_proto.compress, payload)
