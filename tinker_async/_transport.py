@@ -285,6 +285,8 @@ class Transport:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # Sent on every request; aiohttp merges them in C, cheaper than per call.
+                headers=self._base_headers,
                 timeout=self._timeout(self.config.timeout),
                 auto_decompress=True,
                 raise_for_status=False,
@@ -365,9 +367,7 @@ class Transport:
         """
         policy = retry or self.config.retry
         url = self.url(endpoint)
-        req_headers = dict(self._base_headers)
-        if headers:
-            req_headers.update(headers)
+        req_headers = dict(headers) if headers else {}  # the session adds the base headers
         if json is not None:
             body = _json_encode(json)
             content_type = "application/json"

@@ -15,6 +15,7 @@ client instead and needs no key from the environment. A client carried across
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import _proto, _sync
 from . import types as t
 from ._api_future import APIFuture
+from ._config import RetryPolicy
 from ._futures import PromiseExpired
 from ._sync import homed
 from ._transport import Response
@@ -44,6 +46,13 @@ _CLONE_BLOCK = 1_000_000_000
 _RESUBMITS_ON_EXPIRY = 3
 _ASAMPLE_HEADERS = {"X-Tinker-Sampling-Backpressure": "1"}
 _cancels: set[asyncio.Task[None]] = set()
+
+
+@functools.lru_cache(maxsize=8)
+def _submit_retry(policy: RetryPolicy) -> RetryPolicy:
+    """The client's policy for submitting a sample: a busy server (429) is waited out for
+    up to an hour, as the official SDK's sampling RetryHandler does."""
+    return policy.replace(max_429_retries=1000, deadline=3600.0)
 
 
 def _decode_sample(resp: Response) -> t.SampleResponse:
@@ -222,7 +231,7 @@ class SamplingClient:
             submitted = time.time()
             resp = await transport.request(
                 "POST", "asample", json=body, headers=_ASAMPLE_HEADERS,
-                retry=transport.config.retry.replace(max_429_retries=1000, deadline=3600.0),
+                retry=_submit_retry(transport.config.retry),
             )
             data = resp.json()
             request_id = data.get("request_id") if isinstance(data, dict) else None
