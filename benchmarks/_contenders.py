@@ -249,29 +249,41 @@ class OursSyncSampler:
 # ------------------------------------------------------------------------------- training
 
 
-def make_datums(lib: Any, n: int, tokens: int, numpy_tokens: bool = False) -> list[Any]:
-    """``n`` datums of ``tokens`` tokens each, built the usual way with ``lib``'s types:
-    token lists (``ModelInput.from_ints``), tensors from numpy. ``numpy_tokens`` gives the
-    text chunks int32 arrays instead, which only tinker_async's types accept."""
+def datum_inputs(n: int, tokens: int, numpy_tokens: bool = False) -> list[tuple[Any, Any, Any]]:
+    """What a training loop has before it makes datums: per datum the input tokens (a list,
+    or an int32 array with ``numpy_tokens``), the int64 targets and the float32 weights."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     out = []
     for _ in range(n):
         toks = rng.integers(0, 256, size=tokens + 1)
-        if numpy_tokens:
-            model_input = lib.ModelInput(
-                chunks=[lib.EncodedTextChunk(tokens=toks[:-1].astype(np.int32))])
+        inputs = toks[:-1].astype(np.int32) if numpy_tokens else toks[:-1].tolist()
+        out.append((inputs, toks[1:].astype(np.int64), np.ones(tokens, dtype=np.float32)))
+    return out
+
+
+def build_datums(lib: Any, inputs: list[tuple[Any, Any, Any]]) -> list[Any]:
+    """Datums made the usual way with ``lib``'s types: ``ModelInput.from_ints`` for token
+    lists (an ``EncodedTextChunk`` of the array for numpy tokens, which only tinker_async's
+    types accept), tensors with ``TensorData.from_numpy``."""
+    out = []
+    for tokens, targets, weights in inputs:
+        if isinstance(tokens, list):
+            model_input = lib.ModelInput.from_ints(tokens)
         else:
-            model_input = lib.ModelInput.from_ints(toks[:-1].tolist())
+            model_input = lib.ModelInput(chunks=[lib.EncodedTextChunk(tokens=tokens)])
         out.append(lib.Datum(
             model_input=model_input,
-            loss_fn_inputs={
-                "target_tokens": lib.TensorData.from_numpy(toks[1:].astype(np.int64)),
-                "weights": lib.TensorData.from_numpy(np.ones(tokens, dtype=np.float32)),
-            },
+            loss_fn_inputs={"target_tokens": lib.TensorData.from_numpy(targets),
+                            "weights": lib.TensorData.from_numpy(weights)},
         ))
     return out
+
+
+def make_datums(lib: Any, n: int, tokens: int, numpy_tokens: bool = False) -> list[Any]:
+    """``n`` datums of ``tokens`` tokens each (see :func:`build_datums`)."""
+    return build_datums(lib, datum_inputs(n, tokens, numpy_tokens))
 
 
 def encoder(name: str) -> tuple[Any, Callable[[list[Any]], bytes]]:
@@ -319,11 +331,9 @@ async def training_client(name: str, url: str, api_key: str) -> tuple[Any, Any, 
 
 
 async def forward_backward(name: str, tc: Any, data: list[Any]) -> tuple[float, Any]:
-    """Submit one forward_backward; (seconds until accepted or submitted, result)."""
+    """One forward_backward with the plain form in both libraries (it starts the call and
+    returns a future at once): (seconds until the call returned, result)."""
     started = time.perf_counter()
-    if name == "ours":
-        fut = await tc.forward_backward_async(data, "cross_entropy")
-    else:
-        fut = tc.forward_backward(data, "cross_entropy")
-    accepted = time.perf_counter() - started
-    return accepted, await fut
+    fut = tc.forward_backward(data, "cross_entropy")
+    returned = time.perf_counter() - started
+    return returned, await fut

@@ -530,24 +530,27 @@ def build_report(results: dict[str, Any]) -> Report:
             if name not in enc and name not in fb:
                 continue
             e, f = enc.get(name, {}), fb.get(name, {})
-            rows.append([LABELS[name], _fmt(e.get("wall_s", None) and 1000 * e["wall_s"], ".0f"),
+            rows.append([LABELS[name],
+                         _fmt(e.get("build_s", None) and 1000 * e["build_s"], ".0f"),
+                         _fmt(e.get("wall_s", None) and 1000 * e["wall_s"], ".0f"),
                          _fmt(e.get("bytes", None) and e["bytes"] / 1e6, ".2f"),
-                         _fmt(f.get("accepted_s", None) and 1000 * f["accepted_s"], ".0f"),
+                         _fmt(f.get("accepted_s", None) and 1000 * f["accepted_s"], ".1f"),
                          _fmt(f.get("wall_s", None) and 1000 * f["wall_s"], ".0f"),
                          _fmt(f.get("cpu_s", None) and 1000 * f["cpu_s"], ".0f"),
                          str(e.get("error", "") or f.get("error", ""))[-80:]])
         cfg_note = results.get("config", {})
         rep.add(f"3. forward_backward, {cfg_note.get('fb_datums')} datums x "
                 f"{cfg_note.get('fb_tokens')} tokens (median)",
-                _table(["client", "encode ms", "encoded MB", "call returns ms",
+                _table(["client", "build datums ms", "encode ms", "encoded MB", "call returns ms",
                         "submit+result ms", "client CPU ms (submit+result)", "error"], rows)
-                + "\n\nEncode: objects to request bytes, datums built beforehand with each "
-                "library's types (token lists from `ModelInput.from_ints`). The numpy-tokens "
+                + "\n\nBuild: the datums made with each library's types from token lists "
+                "and numpy arrays (`ModelInput.from_ints`, `TensorData.from_numpy`); the "
+                "official types validate and copy every token here. Encode: those objects "
+                "to request bytes. The numpy-tokens "
                 "row gives the text chunks int32 arrays, which only tinker_async accepts "
-                "(informational; the target is judged on token lists). `call returns`: "
-                "tinker_async's awaited call returns once the server has accepted the "
-                "request; the official SDK's returns a future at once and submits from its "
-                "own thread.")
+                "(informational; the target is judged on token lists). Then the whole call "
+                "against the server: `tc.forward_backward(...)` in both libraries, which "
+                "returns a future at once (`call returns`), awaited to the result.")
         r = _ratio(enc.get("official", {}).get("wall_s"), enc.get("ours", {}).get("wall_s"))
         rep.target("forward_backward encode >= 5x faster than official", _fmt(r, ".1f", "x"),
                    None if r is None else r >= 5)
