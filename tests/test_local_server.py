@@ -723,12 +723,13 @@ def test_official_sdk_samples_through_the_future_store() -> None:
             assert all(s.sequence_id for s in result.sequences)
         service.close("success").result(10)
         # The SDK used the session long-poll, then fetched each payload as protobuf.
-        assert server.count(r"/retrieve_futures$") >= 1
+        log = [(r.path, r.status, r.body[:120]) for r in server.requests]
+        assert server.count(r"/retrieve_futures$") >= 1, log
         fetches = [r for r in server.requests if r.path == "/api/v1/retrieve_future"]
-        assert len(fetches) == 3
-        assert all(
-            r.headers["Accept"] == "application/x-protobuf" and r.status == 200 for r in fetches
-        )
+        fetched_ids = {json.loads(r.body)["request_id"] for r in fetches if r.status == 200}
+        submitted = [r for r in server.requests if r.path == "/api/v1/asample"]
+        assert len(submitted) == 3 and len(fetched_ids) == 3, log
+        assert all(r.headers["Accept"] == "application/x-protobuf" for r in fetches), log
 
 
 def test_official_sdk_jwt_mode() -> None:

@@ -160,6 +160,30 @@ async def test_sft_loss_falls_over_optim_steps(tc: tinker.TrainingClient) -> Non
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
 
 
+async def test_numpy_token_chunks_train_and_sample_like_lists(
+    tc: tinker.TrainingClient, fresh_server: LocalServer
+) -> None:
+    tok = tc.get_tokenizer()
+    as_list = make_datum(tok)
+    ids = np.asarray(as_list.model_input.to_ints(), dtype=np.int32)
+    as_array = tinker.Datum(
+        model_input=tinker.ModelInput(chunks=[tinker.EncodedTextChunk(tokens=ids)]),
+        loss_fn_inputs=as_list.loss_fn_inputs,
+    )
+    assert as_array.model_input.to_ints() == as_list.model_input.to_ints()
+    assert all(type(t) is int for t in as_array.model_input.to_ints())
+    first = await (await tc.forward_backward_async([as_list], "cross_entropy"))
+    second = await (await tc.forward_backward_async([as_array], "cross_entropy"))
+    assert second.metrics["loss:sum"] == pytest.approx(first.metrics["loss:sum"])
+    bodies = [r.body for r in fresh_server.requests if r.path.endswith("/forward_backward")]
+    sent = [_proto.decode_forward_backward_request(b).data[0] for b in bodies[-2:]]
+    assert sent[0].model_input.to_ints() == sent[1].model_input.to_ints()
+    sampler = await tc.save_weights_and_get_sampling_client_async("np-tokens")
+    response = await sampler.sample_async(as_array.model_input, 1,
+                                          tinker.SamplingParams(max_tokens=3, seed=1))
+    assert len(response.sequences[0].tokens) == 3
+
+
 async def test_pipelined_async_submits_keep_order(
     tc: tinker.TrainingClient, fresh_server: LocalServer
 ) -> None:

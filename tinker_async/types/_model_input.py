@@ -24,7 +24,10 @@ __all__ = [
 class EncodedTextChunk(Model, kw_only=True, frozen=True, tag="encoded_text", tag_field="type"):
     """A run of token ids (wire ``{"type": "encoded_text", "tokens": [...]}``).
 
-    Decoding also accepts a bare ``{"tokens": [...]}`` (older servers omit the tag).
+    ``tokens`` is usually a list of ints. An integer numpy array is accepted too (the
+    official types refuse one): a forward_backward then sends it as it is, without the
+    per-token conversion a list needs. Decoding also accepts a bare ``{"tokens": [...]}``
+    (older servers omit the tag).
     """
 
     tokens: Sequence[int]
@@ -161,7 +164,8 @@ class ModelInput(Model, kw_only=True, frozen=True):
                 raise ValueError(
                     f"to_ints only supports ModelInputs made of EncodedTextChunks, got {kinds}"
                 )
-            out.extend(chunk.tokens)
+            tokens = chunk.tokens
+            out.extend(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens)
         return out
 
     @property
