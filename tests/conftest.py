@@ -52,12 +52,19 @@ def api_key() -> str:
     return API_KEY
 
 
+@pytest.fixture(scope="session")
+def _empty_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
 @pytest.fixture(autouse=True)
-def _no_ambient_tinker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests pass settings explicitly; a developer's own environment must not leak in."""
+def _no_ambient_tinker_env(monkeypatch: pytest.MonkeyPatch, _empty_home: Path) -> None:
+    """Tests pass settings explicitly; a developer's own environment (and the key stored in
+    their ~/.tinker) must not leak in."""
     for name in ("TINKER_BASE_URL", "TINKER_API_KEY", "TINKER_PROJECT_ID", "TINKER_TAGS",
-                 "TWINKLE_SERVER_URL", "TWINKLE_SERVER_TOKEN"):
+                 "TWINKLE_SERVER_URL", "TWINKLE_SERVER_TOKEN", "TINKER_CREDENTIAL_CMD"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(_empty_home))
 
 
 @pytest.fixture

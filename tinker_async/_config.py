@@ -12,9 +12,11 @@ pickled, so it cannot leak through a log line, a traceback or a pickled client.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -119,6 +121,8 @@ class ClientConfig:
     default_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     dialect: str | None = None
     route_prefix: str | None = None
+    #: a shell command that prints the credential (TINKER_CREDENTIAL_CMD); JWT mode only
+    credential_cmd: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -137,13 +141,40 @@ class ClientConfig:
 
 
 def _unpickle_config(state: dict[str, Any]) -> ClientConfig:
-    key = _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
+    key = _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN") or _stored_key()
     if key is None:
+        if state.get("credential_cmd"):
+            return ClientConfig(api_key=Secret(""), **state)
         raise ConfigurationError(
             "This client was pickled without its API key (keys are never pickled). "
             "Set TINKER_API_KEY in the environment of the process that unpickles it."
         )
     return ClientConfig(api_key=Secret(check_api_key(key, state["base_url"])), **state)
+
+
+def credentials_file() -> Path:
+    """Where ``tinker auth login`` stores keys: ``~/.tinker/credentials.json``."""
+    return Path.home() / ".tinker" / "credentials.json"
+
+
+def _stored_key() -> str | None:
+    """The default key of the official CLI's credentials file, if there is one.
+
+    ``{"version": 1, "default": id, "keys": {id: {"key": ...}}}``. An unreadable or
+    malformed file is reported, not skipped silently: the user meant it to be used.
+    """
+    path = credentials_file()
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        key = data["keys"][data["default"]]["key"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{path} has no readable default key ({type(exc).__name__}); fix or remove "
+            "it, or pass api_key=... / set TINKER_API_KEY"
+        ) from None
+    return key if isinstance(key, str) and key.strip() else None
 
 
 def _env(name: str) -> str | None:
@@ -180,8 +211,9 @@ def check_api_key(key: str, base_url: str) -> str:
     """Validate an API key's form (never its value: that is the server's job)."""
     if not isinstance(key, str) or not key.strip():
         raise ConfigurationError(
-            "No API key. Pass api_key=... or set TINKER_API_KEY "
-            "(for the embedded server, use LocalServer().api_key)."
+            "No API key. Pass api_key=... or set TINKER_API_KEY (or TINKER_CREDENTIAL_CMD, "
+            "or store one with `tinker auth login`); for the embedded server, use "
+            "LocalServer().api_key."
         )
     key = key.strip()
     if not _KEY_CHARS.match(key):
@@ -214,10 +246,15 @@ def resolve_config(
     if dialect is None and base_url is None and not _env("TINKER_BASE_URL") and twinkle_env:
         dialect = "twinkle"
     url = check_base_url(url)
+    # The official SDK's order: argument, TINKER_API_KEY, TINKER_CREDENTIAL_CMD, then the
+    # default key stored by its CLI.
     key = api_key if api_key is not None else (
         _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
     )
-    key = check_api_key(key or "", url)
+    command = options.pop("credential_cmd", None) or (None if key else _env("TINKER_CREDENTIAL_CMD"))
+    if not key and not command:
+        key = _stored_key()
+    key = "" if command and not key else check_api_key(key or "", url)
     max_retries = options.pop("max_retries", None)
     if max_retries is not None:
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -236,6 +273,7 @@ def resolve_config(
     return ClientConfig(
         base_url=url,
         api_key=Secret(key),
+        credential_cmd=command,
         project_id=project_id or _env("TINKER_PROJECT_ID"),
         dialect=dialect,
         **{k: v for k, v in options.items() if v is not None},

@@ -91,6 +91,7 @@ class Session:
                 log.info("server has no client/config: using the legacy JSON protocol")
                 dialect.mark_legacy()
             else:
+                # With pjwt_auth_enabled, the next request exchanges the key for a JWT.
                 dialect.apply_client_config(flags if isinstance(flags, dict) else {})
                 try:
                     dyn = await self.transport.request(
@@ -100,6 +101,8 @@ class Session:
                         dialect.dynamic_flags.update(data)
                 except APIError as exc:  # optional endpoint; defaults apply
                     log.debug("no client/dynamic_config (%s); using defaults", exc)
+        if not self.transport.credentials.jwt_mode:
+            self.transport.credentials.refuse_command_without_jwt()
         self.handshaken = True
 
     async def ensure(self) -> str:

@@ -22,7 +22,7 @@ import platform
 import secrets
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ import backoff
 import msgspec
 
 from . import _sync
+from ._auth import Credentials
 from ._config import PROTOCOL_SDK_VERSION, ClientConfig, RetryPolicy
 from ._dialect import Dialect
 from ._sync import Home
@@ -177,11 +178,14 @@ def status_error(
     *,
     method: str,
     url: str,
-    secret: str | None = None,
+    scrub: Sequence[str] = (),
 ) -> APIStatusError:
-    """The typed error for an HTTP error response (the one place statuses become errors)."""
-    if secret:  # a server that echoes the key must not make us repeat it anywhere
-        body = body.replace(secret.encode(), b"***")
+    """The typed error for an HTTP error response (the one place statuses become errors).
+
+    Every string in ``scrub`` (the credentials) is masked in the body first."""
+    for secret in scrub:  # a server that echoes the key must not make us repeat it
+        if secret:
+            body = body.replace(secret.encode(), b"***")
     text = body.decode("utf-8", "replace")
     parsed: object
     try:
@@ -247,6 +251,8 @@ class Transport:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._base_headers = self._build_base_headers()
+        self.credentials = Credentials(config)
+        self._auth_headers = dialect.auth_headers(config.api_key.get()) if config.api_key.get() else {}
         self.closed = False
         home.on_move(self._abandon_session)
         _sync.register_for_exit(self)
@@ -259,9 +265,43 @@ class Transport:
             "X-Stainless-Runtime": platform.python_implementation(),
             "X-Stainless-Runtime-Version": platform.python_version(),
         }
-        headers.update(self.dialect.auth_headers(self.config.api_key.get()))
         headers.update(self.config.default_headers)
         return headers
+
+    # -- credentials ------------------------------------------------------------------
+
+    async def start_jwt_mode(self) -> None:
+        """Exchange the credential for a JWT and send that from now on (``pjwt_auth_enabled``)."""
+        await self.credentials.start_jwt_mode(self._exchange)
+        self._auth_headers = self.dialect.auth_headers(self.credentials.current())
+
+    async def _exchange(self, credential: str) -> str:
+        """``POST auth/token`` with ``credential``: the JWT the server gives for it."""
+        response = await self.request(
+            "POST", "auth/token", json={}, headers=self.dialect.auth_headers(credential),
+            authenticate=False)
+        data = response.json()
+        token = data.get("jwt") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise APIError("auth/token answered without a jwt", method="POST",
+                           url=self.url("auth/token"))
+        return token
+
+    async def _jwt_after_401(self) -> bool:
+        """A fresh JWT after a 401 ``invalid_token``; False if none can be had."""
+        try:
+            if self.credentials.jwt_mode:
+                await self._renew_jwt(force=True)
+            else:
+                await self.start_jwt_mode()
+        except APIStatusError as exc:
+            log.debug("no JWT after a 401 invalid_token: %s", exc)
+            return False
+        return True
+
+    async def _renew_jwt(self, *, force: bool = False) -> None:
+        await self.credentials.renew(self._exchange, force=force)
+        self._auth_headers = self.dialect.auth_headers(self.credentials.current())
 
     # -- the aiohttp session ----------------------------------------------------------
 
@@ -357,17 +397,32 @@ class Transport:
         retry: RetryPolicy | None = None,
         ok_statuses: frozenset[int] = frozenset(),
         idempotency_key: bool = True,
+        authenticate: bool = True,
     ) -> Response:
         """Send one logical request, retrying per ``retry``; return the response or raise.
 
         ``ok_statuses`` are error statuses the caller handles itself (e.g. 408 and 410 when
         polling); they are returned instead of raised or retried. Non-GET requests carry an
         ``X-Idempotency-Key`` (the same on every retry) unless ``idempotency_key=False``,
-        for POSTs that only read (polls).
+        for POSTs that only read (polls). ``authenticate=False`` sends no credential of its
+        own (the token exchange passes the key in ``headers``).
         """
         policy = retry or self.config.retry
         url = self.url(endpoint)
-        req_headers = dict(headers) if headers else {}  # the session adds the base headers
+        if authenticate:
+            credentials = self.credentials
+            if credentials.due():
+                await self._renew_jwt()
+            elif (not credentials.jwt_mode and self.dialect.flags.get("pjwt_auth_enabled")
+                  and endpoint != "client/config"):
+                await self.start_jwt_mode()  # the server said so at the handshake
+            elif not self._auth_headers:  # no static key: the credential command's output
+                credential = await self.credentials.static_credential()
+                self._auth_headers = self.dialect.auth_headers(credential)
+            # The session adds the base headers; the credential may change (JWT renewals).
+            req_headers = {**self._auth_headers, **headers} if headers else dict(self._auth_headers)
+        else:
+            req_headers = dict(headers) if headers else {}
         if json is not None:
             body = _json_encode(json)
             content_type = "application/json"
@@ -381,6 +436,7 @@ class Transport:
         waits: Iterator[float] | None = None  # made on the first retry (most calls need none)
         attempt = 0
         throttled = 0
+        replayed = False
         while True:
             retry_after: float | None = None
             force: bool | None = None
@@ -392,13 +448,22 @@ class Transport:
                 status = response.status
                 if status < 400 or status in ok_statuses:
                     return response
+                if (status == 401 and authenticate and not replayed
+                        and 'error="invalid_token"' in response.headers.get("WWW-Authenticate", "")):
+                    # The server wants a (new) JWT: exchange the key, and replay once. This is
+                    # also how a client that skipped the handshake (a bare RestClient) learns
+                    # that the server is in JWT mode.
+                    replayed = True
+                    if await self._jwt_after_401():
+                        req_headers.update(self._auth_headers)
+                        continue
                 error = status_error(
                     status,
                     response.body,
                     response.headers,
                     method=method,
                     url=url,
-                    secret=self.config.api_key.get(),
+                    scrub=self.credentials.secrets(),
                 )
                 force = _should_retry_header(response.headers)
                 if force is False or (force is None and not policy.should_retry_status(status)):

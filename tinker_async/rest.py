@@ -14,9 +14,7 @@ offer: ``health_check``, ``get_capacity_info``, ``get_checkpoint_path``,
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -26,6 +24,7 @@ import msgspec
 from . import _sync
 from . import types as t
 from ._api_future import APIFuture
+from ._auth import jwt_claims
 from ._config import NO_RETRY, resolve_config
 from ._dialect import make_dialect
 from ._sync import Home, homed
@@ -501,16 +500,12 @@ class RestClient(_RestBase):
 
     def whoami(self) -> t.WhoamiResponse:
         """Who the credential belongs to, read from the JWT itself (no request is made)."""
-        key = self._transport.config.api_key.get()
-        parts = key.split(".")
-        if len(parts) != 3 or not key.startswith("eyJ"):
+        claims = jwt_claims(self._transport.credentials.current())
+        if claims is None:
             raise RuntimeError(
-                "whoami() needs a Tinker-issued JWT credential; this API key is not one"
+                "whoami() needs a Tinker-issued JWT credential (the API key itself, or the "
+                "JWT a server in JWT mode gave this client); this credential is not one"
             )
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        except ValueError:
-            raise RuntimeError("whoami(): the credential's JWT claims are unreadable") from None
         return t.WhoamiResponse(
             user_urn=str(claims.get("sub", "")),
             org_urn=str(claims.get("org_id", "")),

@@ -20,10 +20,15 @@ Constructor: ``LocalServer(host="127.0.0.1", port=0, api_key=None, data_dir=None
 zero_compute=False, session_timeout_s=60.0, dialect="official", *, client_config=None,
 dynamic_config=None, models=("local/byte-lm",), poll_hold_s=10.0,
 twinkle_prefix="/twinkle", max_loras=64, inline_payload_limit=8 MiB,
-record_requests=True, max_recorded_requests=100_000, routes=())``.
+record_requests=True, max_recorded_requests=100_000, routes=(), jwt_ttl_s=3600.0,
+require_jwt=False)``.
 
 - ``api_key``: when set, ``/api/v1`` requires it in ``X-API-Key`` (or a JWT the server
-  minted at ``auth/token``) and Twinkle in ``Authorization: Bearer``; else 401.
+  minted at ``auth/token``, valid ``jwt_ttl_s``) and Twinkle in ``Authorization:
+  Bearer``; else 401. ``require_jwt=True`` (with ``client_config={"pjwt_auth_enabled":
+  True}``) makes a strict JWT-mode server: the key itself opens only ``client/config``
+  and ``auth/token``, and is otherwise refused with a 401 ``invalid_token``.
+  ``server.context.auth.revoke_tokens()`` invalidates every JWT issued so far.
 - ``data_dir``: where checkpoints live; default a temporary directory removed on stop.
   A server started on an existing directory reloads its runs and checkpoints.
 - ``session_timeout_s``: a session with no heartbeat (or other request naming it) for

@@ -57,25 +57,39 @@ def credential_from_headers(headers: Mapping[str, str], *, bearer: bool) -> str 
 class Authenticator:
     """Checks credentials against the configured key and the JWTs this server minted."""
 
-    def __init__(self, api_key: str | None, *, jwt_ttl_s: float = 3600.0) -> None:
+    def __init__(
+        self, api_key: str | None, *, jwt_ttl_s: float = 3600.0, require_jwt: bool = False
+    ) -> None:
         # Keep only a digest of the key: comparisons need no plain text.
         self._key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self._secret = os.urandom(32)
         self._jwt_ttl_s = jwt_ttl_s
+        #: a strict JWT-mode server: the key itself opens only the handshake endpoints
+        self.require_jwt = require_jwt
+
+    def revoke_tokens(self) -> None:
+        """Invalidate every JWT issued so far (fault injection: a rotated signing key)."""
+        self._secret = os.urandom(32)
 
     @property
     def enabled(self) -> bool:
         """Whether a key is configured (otherwise every request is accepted)."""
         return self._key_digest is not None
 
-    def check(self, credential: str | None) -> None:
-        """Raise a 401 unless ``credential`` is acceptable."""
+    def check(self, credential: str | None, *, key_accepted: bool = True) -> None:
+        """Raise a 401 unless ``credential`` is acceptable.
+
+        With ``require_jwt``, the key itself counts only where ``key_accepted`` (the
+        handshake and the token exchange); everywhere else a JWT is needed."""
         if self._key_digest is None:
             return
         if not credential:
             raise unauthorized("Missing API key")
         digest = hashlib.sha256(credential.encode()).digest()
         if hmac.compare_digest(digest, self._key_digest):
+            if self.require_jwt and not key_accepted:
+                raise unauthorized("This server wants a JWT from auth/token, not the API key",
+                                   invalid_token=True)
             return
         if credential.startswith("eyJ"):
             self._check_jwt(credential)

@@ -77,6 +77,8 @@ class LocalServer:
         record_requests: bool = True,
         max_recorded_requests: int = 100_000,
         routes: Iterable[Route] = (),
+        jwt_ttl_s: float = 3600.0,
+        require_jwt: bool = False,
     ) -> None:
         if twinkle_prefix and (not twinkle_prefix.startswith("/") or twinkle_prefix == "/"):
             raise ValueError("twinkle_prefix must look like '/twinkle' (or be empty to disable)")
@@ -93,6 +95,7 @@ class LocalServer:
             max_loras=max_loras,
             inline_payload_limit=inline_payload_limit,
             api_key=api_key,
+            jwt_ttl_s=jwt_ttl_s,
         )
         if data_dir is None:
             path = Path(tempfile.mkdtemp(prefix="tinker-local-"))
@@ -117,7 +120,8 @@ class LocalServer:
             futures=self.futures,
             faults=self.faults,
             log=self._log,
-            auth=Authenticator(api_key, jwt_ttl_s=self.config.jwt_ttl_s),
+            auth=Authenticator(api_key, jwt_ttl_s=self.config.jwt_ttl_s,
+                               require_jwt=require_jwt),
             files=FileSigner(),
         )
         self._routes: tuple[Route, ...] = (*DEFAULT_ROUTES, *routes)
