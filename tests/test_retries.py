@@ -90,3 +90,19 @@ def test_submits_carry_unique_keys_and_polls_none(fresh_server: LocalServer, api
     keys = [r.headers.get("X-Idempotency-Key") for r in submits]
     assert len(submits) == 3 and None not in keys and len(set(keys)) == 3
     assert polls and all("X-Idempotency-Key" not in r.headers for r in polls)
+
+
+def test_retry_statuses_may_be_any_collection_and_sampling_uses_them(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    import tinker_async as tinker
+
+    policy = RetryPolicy(retry_statuses={429, 503}, base_delay=0.01, max_delay=0.05)  # type: ignore[arg-type]
+    assert policy.retry_statuses == frozenset({429, 503})
+    fresh_server.faults.add(r"/asample$", status=503, count=1)
+    with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key, retry=policy) as svc:
+        sampler = svc.create_sampling_client(base_model="local/byte-lm").result(10)
+        out = sampler.sample(tinker.ModelInput.from_ints([104, 105]), 1,
+                             tinker.SamplingParams(max_tokens=2)).result(30)
+    assert len(out.sequences[0].tokens) == 2
+    assert [r.status for r in fresh_server.requests if r.path.endswith("/asample")] == [503, 200]

@@ -91,3 +91,16 @@ def test_legacy_server_without_client_config(fresh_server: LocalServer, api_key:
     with ServiceClient(base_url=fresh_server.url, api_key=api_key) as client:
         client.connect().result(10)
         assert client.dialect == "legacy"
+
+
+def test_a_header_override_replaces_ours_whatever_its_case(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    with ServiceClient(base_url=fresh_server.url, api_key=api_key,
+                       default_headers_overrides={"user-agent": "mine/1.0", "x-extra": "1"}
+                       ) as client:
+        client.connect().result(10)
+    for request in fresh_server.requests:
+        assert request.headers.getall("User-Agent") == ["mine/1.0"]
+        assert request.headers.getall("X-Extra") == ["1"]
+        assert len(request.headers.getall("X-API-Key")) == 1

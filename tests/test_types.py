@@ -905,3 +905,17 @@ def test_constructor_signatures_accept_the_official_keywords() -> None:
         theirs = set(inspect.signature(getattr(o, name)).parameters)
         ours = set(inspect.signature(getattr(T, name)).parameters)
         assert theirs <= ours, name
+
+
+def test_token_arrays_are_checked_and_compare_like_lists() -> None:
+    array = T.EncodedTextChunk(tokens=np.array([1, 2, 3], dtype=np.int64))
+    assert array == T.EncodedTextChunk(tokens=[1, 2, 3])
+    assert hash(array) == hash(T.EncodedTextChunk(tokens=[1, 2, 3]))
+    assert array != T.EncodedTextChunk(tokens=[1, 2])
+    assert array.length == 3
+    for bad, why in [(np.zeros((2, 2), dtype=np.int32), "1-D"),
+                     (np.array([1.5]), "1-D integers"),
+                     (np.array([2**31]), "int32"),
+                     (np.array(7), "1-D")]:
+        with pytest.raises(ValueError, match=why):
+            T.EncodedTextChunk(tokens=bad)

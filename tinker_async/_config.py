@@ -95,6 +95,10 @@ class RetryPolicy:
     deadline: float = DEFAULT_CALL_DEADLINE
     retry_statuses: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
 
+    def __post_init__(self) -> None:
+        # Any collection of statuses will do; a frozenset keeps the policy hashable.
+        object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
+
     def should_retry_status(self, status: int) -> bool:
         return status in self.retry_statuses or status >= 500
 

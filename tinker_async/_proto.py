@@ -613,14 +613,14 @@ class ForwardBackwardBody:
         self._buffer = bytearray().join(w.parts)
 
     def payload(self, seq_id: int | None) -> memoryview:
-        """The whole request with ``seq_id`` (a view into the buffer, valid until the
-        next call)."""
+        """The whole request with ``seq_id``: a read-only view into the buffer, whose
+        first bytes the next call rewrites (one payload per body in flight)."""
         w = Writer()
         _write_request_header(w, self._model_id, seq_id)
         header = w.getvalue()
         start = self._header - len(header)
         self._buffer[start:self._header] = header
-        return memoryview(self._buffer)[start:]
+        return memoryview(self._buffer)[start:].toreadonly()
 
     def __len__(self) -> int:
         """The size of the fields after ``seq_id``, in bytes."""
@@ -707,14 +707,14 @@ def _write_plain_datum(w: Writer, datum: Datum, deterministic: bool) -> bool:
     for name, td in _sorted_items(datum.loss_fn_inputs, deterministic):
         if td.sparse_crow_indices is not None:
             return False
-        values = td._numpy
-        key = (name, td.dtype, values.nbytes, None if td.shape is None else tuple(td.shape))
-        around = _TENSOR_ENTRIES.get(key) or _tensor_entry(*key)
-        if around is None:
+        spec = _WRITE_DTYPES.get(td.dtype)
+        if spec is None:
             return False
-        np_dtype, head, tail = around
-        if values.dtype != np_dtype or not values.flags.c_contiguous:
-            values = _contiguous(values, np_dtype)  # same item size: the head still fits
+        values = td._numpy
+        if values.dtype != spec[1] or not values.flags.c_contiguous:
+            values = _contiguous(values, spec[1])
+        key = (name, td.dtype, values.nbytes, None if td.shape is None else tuple(td.shape))
+        head, tail = _TENSOR_ENTRIES.get(key) or _tensor_entry(*key)
         parts += (head, values.data, tail)
         size += len(head) + values.nbytes + len(tail)
     parts[0] = head = _REQ_DATA + encode_varint(size)
@@ -725,8 +725,7 @@ def _write_plain_datum(w: Writer, datum: Datum, deterministic: bool) -> bool:
 
 _CACHE_LIMIT: Final = 4096
 _TEXT_HEADS: dict[int, bytes] = {}
-_TENSOR_ENTRIES: dict[tuple[str, str, int, tuple[int, ...] | None],
-                      tuple[np.dtype[Any], bytes, bytes] | None] = {}
+_TENSOR_ENTRIES: dict[tuple[str, str, int, tuple[int, ...] | None], tuple[bytes, bytes]] = {}
 
 
 def _text_head(nbytes: int) -> bytes:
@@ -745,15 +744,11 @@ def _text_head(nbytes: int) -> bytes:
 
 def _tensor_entry(
     name: str, dtype: str, nbytes: int, shape: tuple[int, ...] | None
-) -> tuple[np.dtype[Any], bytes, bytes] | None:
-    """(numpy dtype, bytes before the data, bytes after it) of a ``loss_fn_inputs`` entry
-    holding a dense tensor; None for a dtype the wire has no slot for."""
-    spec = _WRITE_DTYPES.get(dtype)
-    if spec is None:
-        return None
-    proto_dtype, np_dtype = spec
+) -> tuple[bytes, bytes]:
+    """(bytes before the data, bytes after it) of a ``loss_fn_inputs`` entry holding a
+    dense tensor of ``nbytes`` bytes."""
     w = Writer()
-    w.varint(_TENSOR_DTYPE, proto_dtype)
+    w.varint(_TENSOR_DTYPE, _WRITE_DTYPES[dtype][0])
     if shape is not None:
         w.packed_varints(_TENSOR_SHAPE, shape)
     tail = w.getvalue()
@@ -765,7 +760,7 @@ def _tensor_entry(
             + encode_varint(tensor_size) + dense)
     if len(_TENSOR_ENTRIES) >= _CACHE_LIMIT:
         _TENSOR_ENTRIES.clear()
-    entry = _TENSOR_ENTRIES[(name, dtype, nbytes, shape)] = (np_dtype, head, tail)
+    entry = _TENSOR_ENTRIES[(name, dtype, nbytes, shape)] = (head, tail)
     return entry
 
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import aiohttp
 import backoff
 import msgspec
+from multidict import CIMultiDict
 
 from . import _sync
 from ._auth import Credentials
@@ -257,14 +258,16 @@ class Transport:
         home.on_move(self._abandon_session)
         _sync.register_for_exit(self)
 
-    def _build_base_headers(self) -> dict[str, str]:
-        headers = {
+    def _build_base_headers(self) -> CIMultiDict[str]:
+        # Case-insensitive, so that a user's "user-agent" replaces ours instead of going
+        # out as a second header.
+        headers = CIMultiDict({
             "User-Agent": f"tinker-async/{__version__} (compatible; tinker {PROTOCOL_SDK_VERSION})",
             "Accept": "application/json",
             "x-sdk-version": PROTOCOL_SDK_VERSION,
             "X-Stainless-Runtime": platform.python_implementation(),
             "X-Stainless-Runtime-Version": platform.python_version(),
-        }
+        })
         headers.update(self.config.default_headers)
         return headers
 

@@ -33,10 +33,41 @@ class EncodedTextChunk(Model, kw_only=True, frozen=True, tag="encoded_text", tag
     tokens: Sequence[int]
     type: ClassVar[Literal["encoded_text"]] = "encoded_text"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, np.ndarray):
+            _check_token_array(self.tokens)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EncodedTextChunk):
+            return NotImplemented
+        mine, theirs = self.tokens, other.tokens
+        if isinstance(mine, np.ndarray) or isinstance(theirs, np.ndarray):
+            return bool(np.array_equal(np.asarray(mine), np.asarray(theirs)))
+        return mine == theirs
+
+    def __hash__(self) -> int:
+        tokens = self.tokens
+        return hash(("encoded_text", tuple(tokens.tolist() if isinstance(tokens, np.ndarray)
+                                           else tokens)))
+
     @property
     def length(self) -> int:
         """Number of tokens."""
         return len(self.tokens)
+
+
+def _check_token_array(tokens: np.ndarray) -> None:
+    """A token array must be what a list of token ids would be: 1-D int32-range integers."""
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise ValueError(
+            f"EncodedTextChunk tokens given as a numpy array must be 1-D integers; got a "
+            f"{tokens.ndim}-D {tokens.dtype} array (use .ravel() / .astype(np.int32))"
+        )
+    if tokens.size and tokens.dtype.itemsize >= 4 and (
+        int(tokens.min()) < -(1 << 31) or int(tokens.max()) >= 1 << 31
+    ):
+        raise ValueError("EncodedTextChunk tokens must fit in int32 (token ids are int32 on "
+                         "the wire)")
 
 
 def _b64_bytes(value: bytes | str) -> bytes:
