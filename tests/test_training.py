@@ -184,6 +184,30 @@ async def test_numpy_token_chunks_train_and_sample_like_lists(
     assert len(response.sequences[0].tokens) == 3
 
 
+async def test_a_big_batch_cancelled_while_encoding_gives_up_its_place(api_key: str) -> None:
+    rng = np.random.default_rng(3)
+    big = [tinker.Datum(model_input=tinker.ModelInput.from_ints(rng.integers(0, 256, 2048).tolist()),
+                        loss_fn_inputs={"target_tokens": rng.integers(0, 256, 2048),
+                                        "weights": np.ones(2048, dtype=np.float32)})
+           for _ in range(64)]  # about 2 MB: encoded on a worker thread
+    with LocalServer(api_key=api_key, zero_compute=True).in_thread() as srv:
+        async with tinker.ServiceClient(base_url=srv.url, api_key=api_key) as service:
+            tc = await service.create_lora_training_client_async(MODEL, rank=4)
+            task = asyncio.ensure_future(tc.forward_backward_async(big, "cross_entropy"))
+            await asyncio.sleep(0)  # it has taken its place and is encoding
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The next call is not stuck behind the abandoned place; nothing went out for it.
+            step = await asyncio.wait_for(await tc.optim_step_async(tinker.AdamParams()), 20)
+            assert isinstance(step, tinker.OptimStepResponse)
+            assert [op for op, _, _ in wire_ops(srv, tc.model_id)] == ["optim_step"]
+            # Not cancelled, the same batch goes through as usual.
+            out = await asyncio.wait_for(await tc.forward_backward_async(big, "cross_entropy"), 60)
+            assert len(out.loss_fn_outputs) == 64
+            assert accepted_seqs(srv, tc.model_id) == [1, 2]
+
+
 async def test_pipelined_async_submits_keep_order(
     tc: tinker.TrainingClient, fresh_server: LocalServer
 ) -> None:

@@ -57,6 +57,10 @@ T = TypeVar("T")
 CustomLossFn = Callable[[list[t.Datum], list[Any]], tuple[Any, ...]]
 
 
+#: forward_backward bodies estimated at least this big are encoded on a worker thread
+_ENCODE_OFF_LOOP_BYTES = 1 << 20
+
+
 class _Sequencer:
     """Keeps one model's submissions in call order and its wire seq ids gap-free."""
 
@@ -283,18 +287,34 @@ class TrainingClient:
     ) -> APIFuture[t.ForwardBackwardOutput]:
         service = self._service
         dialect = service._transport.dialect
-        chunks = _chunking.split_datums(
-            data, int(dialect.flag("fwdbwd_max_chunk_len")),
-            int(dialect.flag("fwdbwd_max_chunk_bytes_count")),
-        )
         use_proto = dialect.protobuf
-        # Encoded now (the call fixes the content); the seq id is written in at submit.
-        bodies = [
-            _proto.ForwardBackwardBody(
-                self.model_id, chunk.data, loss_fn, loss_fn_config, forward_only)
-            for chunk in chunks
-        ] if use_proto else []
+        # The place in line is taken now, before any await: the call fixes the order.
         tickets = tickets if tickets is not None else self._seq.tickets(1)
+        try:
+            chunks = _chunking.split_datums(
+                data, int(dialect.flag("fwdbwd_max_chunk_len")),
+                int(dialect.flag("fwdbwd_max_chunk_bytes_count")),
+            )
+
+            def encode() -> list[_proto.ForwardBackwardBody]:
+                # The seq id is written in at submit, when the turn comes.
+                return [_proto.ForwardBackwardBody(
+                    self.model_id, chunk.data, loss_fn, loss_fn_config, forward_only)
+                    for chunk in chunks]
+
+            if not use_proto:
+                bodies = []
+            elif sum(chunk.estimated_bytes for chunk in chunks) >= _ENCODE_OFF_LOOP_BYTES:
+                # Tens of ms for a big batch: done on a worker thread, so that the caller's
+                # loop (sampling, heartbeats) keeps running.
+                bodies = await asyncio.to_thread(encode)
+            else:
+                bodies = encode()
+        except BaseException:
+            # Bad input (or a cancel) takes no place: later calls must not wait for it.
+            for ticket in tickets:
+                self._seq.skip(ticket)
+            raise
         request_type = "Forward" if forward_only else "ForwardBackward"
         compress = bool(dialect.flag("proto_compress_fwdbwd")) and use_proto
         await self._seq.wait_turn(tickets[0])
