@@ -7,11 +7,13 @@ the JWT.
 
 from __future__ import annotations
 
+import base64
 import json
+import pickle
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,27 @@ def test_a_malformed_credentials_file_is_a_clear_error(
     path = _store(tmp_path, "{not json")
     with pytest.raises(ConfigurationError, match=str(path)):
         RestClient(base_url="http://127.0.0.1:9")
+
+
+CHILD = """
+import base64, pickle
+import tinker_async as tinker
+sc = pickle.loads(base64.b64decode({blob!r}))
+r = sc.sample(tinker.ModelInput.from_ints([72, 105]), 1, tinker.SamplingParams(max_tokens=2)).result(30)
+print("TOKENS", len(r.sequences[0].tokens))
+"""
+
+
+def test_a_pickled_sampling_client_gets_its_own_jwt(
+    jwt_server: LocalServer, run_script: Callable[..., str]
+) -> None:
+    with ServiceClient(base_url=jwt_server.url, api_key=KEY) as service:
+        sampler = service.create_sampling_client(base_model=MODEL).result(10)
+        blob = pickle.dumps(sampler)
+        assert KEY.encode() not in blob and b"eyJ" not in blob
+        out = run_script(CHILD.format(blob=base64.b64encode(blob).decode()),
+                         env={"TINKER_API_KEY": KEY})
+        assert "TOKENS 2" in out
+    # The child skipped client/config (the flags came in the pickle) and exchanged its key.
+    assert _statuses(jwt_server, "/auth/token") == [200, 200]
+    assert _statuses(jwt_server, "/client/config") == [200]
