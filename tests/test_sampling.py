@@ -480,3 +480,86 @@ def test_sampling_client_survives_fork(fresh_server: LocalServer, api_key: str,
     assert sorted(parent) == [0, 1, 2]
     assert len(child) == 2 and child[1] == child[0] + 1  # a block of its own
     assert fresh_server.count(r"/finish$") == 1  # only the parent finished the session
+
+
+# ------------------------------------------------------------------------- sampler handles
+
+
+HANDLE_CHILD = """
+import tinker_async as tinker
+sc = tinker.SamplingClient.from_sampler_handle({handle!r})
+r = sc.sample(tinker.ModelInput.from_ints([72, 105, 32]), 1,
+              tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(30)
+print("TOKENS", r.sequences[0].tokens)
+"""
+
+
+def test_sampler_handle_makes_copies_in_other_processes(
+    fresh_server: LocalServer, api_key: str, run_script: Callable[..., str]
+) -> None:
+    with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
+        sc = svc.create_sampling_client(base_model=MODEL).result(30)
+        p = tinker.ModelInput.from_ints([72, 105, 32])
+        here = sc.sample(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(30)
+        handle = sc.get_sampler_handle()
+        assert api_key not in base64.urlsafe_b64decode(handle).decode()
+        sessions = fresh_server.count(r"/create_session$")
+        for _ in range(2):  # any number of times
+            out = run_script(HANDLE_CHILD.format(handle=handle), env={"TINKER_API_KEY": api_key})
+            assert f"TOKENS {here.sequences[0].tokens}" in out, out
+        # In this process too, with an explicit key; every copy has its own seq block.
+        copy = tinker.SamplingClient.from_sampler_handle(handle, api_key=api_key)
+        assert copy.sample(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)
+                           ).result(30).sequences[0].tokens == here.sequences[0].tokens
+        assert fresh_server.count(r"/create_session$") == sessions  # joined, never new
+        blocks = [b["seq_id"] // 1_000_000_000 for b in asample_bodies(fresh_server)]
+        assert blocks[0] == 0 and len(set(blocks[1:])) == 3 and 0 not in blocks[1:]
+
+
+def test_sampler_handles_pass_between_the_two_libraries(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    official = pytest.importorskip("tinker")
+    with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
+        ours = svc.create_sampling_client(base_model=MODEL).result(30)
+        p = tinker.ModelInput.from_ints([72, 105, 32])
+        want = ours.sample(p, 1, tinker.SamplingParams(max_tokens=3, temperature=0.0)
+                           ).result(30).sequences[0].tokens
+        theirs = official.SamplingClient.from_sampler_handle(ours.get_sampler_handle(),
+                                                             api_key=api_key)
+        got = theirs.sample(official.ModelInput.from_ints([72, 105, 32]), 1,
+                            official.SamplingParams(max_tokens=3, temperature=0.0)).result(30)
+        assert got.sequences[0].tokens == want
+        back = tinker.SamplingClient.from_sampler_handle(theirs.get_sampler_handle(),
+                                                         api_key=api_key)
+        assert back.sampling_session_id == ours.sampling_session_id
+        assert back.sample(p, 1, tinker.SamplingParams(max_tokens=3, temperature=0.0)
+                           ).result(30).sequences[0].tokens == want
+
+
+def test_a_bad_sampler_handle_is_a_clear_error() -> None:
+    for bad in ("", "not base64!", base64.urlsafe_b64encode(b'{"x": 1}').decode()):
+        with pytest.raises(tinker.InvalidRequestError, match="get_sampler_handle"):
+            tinker.SamplingClient.from_sampler_handle(bad)
+
+
+def test_copies_take_their_clone_number_from_a_server_that_hands_them_out(
+    api_key: str, run_script: Callable[..., str]
+) -> None:
+    with LocalServer(api_key=api_key, zero_compute=True,
+                     client_config={"sample_join_sampling_session": True}).in_thread() as srv:
+        with tinker.ServiceClient(base_url=srv.url, api_key=api_key) as svc:
+            sc = svc.create_sampling_client(base_model=MODEL).result(30)
+            handle = sc.get_sampler_handle()
+            p = tinker.ModelInput.from_ints([72, 105])
+            params = tinker.SamplingParams(max_tokens=2)
+            copies = [pickle.loads(pickle.dumps(sc)),
+                      tinker.SamplingClient.from_sampler_handle(handle, api_key=api_key)]
+            for copy in copies:
+                copy.sample(p, 1, params).result(30)
+                copy.sample(p, 1, params).result(30)
+            sc.sample(p, 1, params).result(30)
+        joins = [r for r in srv.requests if r.path.endswith("/join_sampling_session")]
+        assert len(joins) == 2  # once per copy, not per sample
+        seqs = [b["seq_id"] for b in asample_bodies(srv)]
+        assert seqs == [1_000_000_000, 1_000_000_001, 2_000_000_000, 2_000_000_001, 0]

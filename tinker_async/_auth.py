@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._config import ClientConfig, Secret
+from ._sync import LoopLock
 from .errors import ConfigurationError
 
 __all__ = ["Credentials", "jwt_claims"]
@@ -64,8 +65,7 @@ class Credentials:
         self._expires_at = 0.0
         self._renew_at = float("inf")
         self._generation = 0
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = LoopLock()
 
     @property
     def jwt_mode(self) -> bool:
@@ -138,12 +138,6 @@ class Credentials:
         margin = min(_REFRESH_WHEN_LEFT_S, lifetime / 4)
         self._renew_at = min(float(iat) + lifetime * random.uniform(0.45, 0.55),
                              float(exp) - margin)
-
-    def _loop_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        return self._lock
 
     async def _run_command(self) -> str:
         command = self._command

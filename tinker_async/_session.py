@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
+from ._sync import LoopLock
 from ._transport import Transport
 from .errors import APIError, NotFoundError, SessionExpiredError
 
@@ -54,8 +55,7 @@ class Session:
         #: the process that made the server session; a forked copy must not finish it
         self._pid = os.getpid()
         self.heartbeats_ok = 0
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = LoopLock()
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
         self._last_ok = 0.0
@@ -64,14 +64,7 @@ class Session:
     def _forget_loop_state(self) -> None:
         # Loop-bound objects die with their loop; the server session itself carries over.
         self._heartbeat = None
-        self._lock = None
-        self._lock_loop = None
-
-    def _loop_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        return self._lock
+        self._loop_lock = LoopLock()
 
     def check_alive(self) -> None:
         """Raise if the server ended this session."""

@@ -165,6 +165,23 @@ async def _call_on_loop(fn: Callable[[asyncio.AbstractEventLoop], None], loop: A
     fn(loop)
 
 
+class LoopLock:
+    """An ``asyncio.Lock`` for the running loop, remade when the loop changes (a client's
+    home moves when its loop ends, and a lock cannot outlive its loop)."""
+
+    __slots__ = ("_lock", "_loop")
+
+    def __init__(self) -> None:
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
+
+
 class HasHome(Protocol):
     _home: Home
 

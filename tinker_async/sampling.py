@@ -9,7 +9,10 @@ A SamplingClient pickles without the API key: the process that unpickles it read
 own block of sequence ids (as the official SDK's clones do). Unpickled where the original
 ServiceClient still lives (the same process, or a forked child), the copy shares that
 client instead and needs no key from the environment. A client carried across
-``os.fork`` takes a new block of sequence ids on first use in the child.
+``os.fork`` takes a new block of sequence ids on first use in the child. A copy's block
+number comes from the server's ``join_sampling_session`` when it hands them out, else it
+is random. ``get_sampler_handle()`` / ``from_sampler_handle()`` do the same with a string
+in the official SDK's format.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from . import types as t
 from ._api_future import APIFuture
 from ._config import RetryPolicy
 from ._futures import PromiseExpired
-from ._sync import homed
+from ._sampler_handle import decode_handle, encode_handle
+from ._sync import LoopLock, homed
 from ._transport import Response
 from ._validate import check_sampling
 from .errors import APIError, InvalidRequestError
@@ -84,6 +88,10 @@ class SamplingClient:
         self._pid = os.getpid()
         self._clone_id = clone_id
         self._next_seq = clone_id * _CLONE_BLOCK
+        #: the process in which this client's clone number is settled (the original's is 0;
+        #: a copy's comes from the server where it hands them out, else from random)
+        self._settled_pid: int | None = os.getpid() if clone_id == 0 else None
+        self._join_lock = LoopLock()
 
     def __repr__(self) -> str:
         return (f"SamplingClient(sampling_session_id={self.sampling_session_id!r}, "
@@ -92,24 +100,75 @@ class SamplingClient:
     # -- pickling: no key, a fresh clone id on the other side ---------------------------
 
     def __reduce__(self) -> Any:
+        return (_unpickle_sampling_client, (self._clone_state(),))
+
+    def _clone_state(self) -> dict[str, Any]:
+        """What another process needs to make a copy of this client (no credentials)."""
         svc = self._service
         config = svc._transport.config
+        dialect = svc._transport.dialect
         if svc._session.id is not None:
-            # An unpickle in this process (or a forked child) joins through this client.
+            # A copy made in this process (or a forked child) joins through this client.
             _live_services[(config.base_url, svc._session.id)] = svc
-        state = {
+        return {
             "base_url": config.base_url,
-            "dialect": svc._transport.dialect.name,
-            "route_prefix": svc._transport.dialect.route_prefix,
-            "flags": dict(svc._transport.dialect.flags),
-            "has_client_config": svc._transport.dialect.has_client_config,
+            "default_headers": dict(config.default_headers),
+            "dialect": dialect.name,
+            "route_prefix": dialect.route_prefix,
+            "flags": dict(dialect.flags),
+            "has_client_config": dialect.has_client_config,
+            "dynamic_flags": dict(dialect.dynamic_flags),
             "session_id": svc._session.id,
             "sampling_session_id": self.sampling_session_id,
             "base_model": self._base_model,
             "model_path": self.model_path,
             "record_stability_info": self._record_stability_info,
         }
-        return (_unpickle_sampling_client, (state,))
+
+    def get_sampler_handle(self) -> str:
+        """A string that makes a copy of this client in any process, any number of times
+        (:meth:`from_sampler_handle`); a pickle-free way to hand a sampler to workers.
+
+        It carries no credentials (the copy uses its own process's key) and has the
+        official SDK's format, so either library reads the other's handles.
+        """
+        if self._service._session.id is None:
+            raise RuntimeError("this SamplingClient has no server session yet to hand over")
+        return encode_handle(self._clone_state())
+
+    @classmethod
+    def from_sampler_handle(cls, handle: str, *, api_key: str | None = None) -> SamplingClient:
+        """A SamplingClient for the sampler behind ``handle`` (from :meth:`get_sampler_handle`).
+
+        It authenticates with ``api_key``, else this process's key (``TINKER_API_KEY``...),
+        joins the sampler's server session and numbers its requests in a block of its own.
+        Nothing is sent until its first sample.
+        """
+        return _unpickle_sampling_client(decode_handle(handle), api_key=api_key)
+
+    async def _settle_clone(self) -> None:
+        """A copy (unpickled, from a handle, or in a forked child) asks the server for its
+        clone number when the server hands them out (``sample_join_sampling_session``)."""
+        if self._settled_pid == os.getpid():
+            return
+        transport = self._service._transport
+        if not transport.dialect.flag("sample_join_sampling_session"):
+            self._settled_pid = os.getpid()  # _take_seq picks a random block
+            return
+        async with self._join_lock():
+            if self._settled_pid == os.getpid():
+                return
+            data = (await transport.request(
+                "POST", "join_sampling_session",
+                json={"sampling_session_id": self.sampling_session_id,
+                      "type": "join_sampling_session"})).json()
+            counter = data.get("client_counter") if isinstance(data, dict) else None
+            if not isinstance(counter, int) or isinstance(counter, bool) or counter < 1:
+                raise APIError(f"join_sampling_session answered without a clone number: {data!r}")
+            with self._lock:
+                self._pid = self._settled_pid = os.getpid()
+                self._clone_id = counter
+                self._next_seq = counter * _CLONE_BLOCK
 
     def _take_seq(self) -> tuple[int, int]:
         """(seq id, clone id) for the next request; a forked child starts a new block."""
@@ -133,10 +192,6 @@ class SamplingClient:
         from ._tokenizers import tokenizer_for_model
 
         return tokenizer_for_model(self.get_base_model())
-
-    def get_sampler_handle(self) -> str:
-        """Not supported: pickle the client instead (it carries no credentials)."""
-        raise NotImplementedError("pickle the SamplingClient to hand it to another process")
 
     # -- sampling -----------------------------------------------------------------------
 
@@ -213,6 +268,8 @@ class SamplingClient:
         ):
             raise InvalidRequestError("target_prompt_logprobs must be a 2-D int64 TensorData")
         self._service._check_open()
+        if self._settled_pid != os.getpid():
+            await self._settle_clone()
         body = self._body(prompt, num_samples, sampling_params, include_prompt_logprobs,
                           topk_prompt_logprobs, topk_sample_logprobs, target_prompt_logprobs,
                           prompt_alt_tokens_k, prompt_logprobs_last_n)
@@ -304,16 +361,18 @@ _live_services: weakref.WeakValueDictionary[tuple[str, str], ServiceClient] = (
     weakref.WeakValueDictionary())
 
 
-def _unpickle_sampling_client(state: dict[str, Any]) -> SamplingClient:
+def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None) -> SamplingClient:
     from .service import ServiceClient
 
     service = _live_services.get((state["base_url"], state["session_id"]))
-    if service is None or service._closed:
+    if service is None or service._closed or api_key is not None:
         # Another process: join the session with the key from this process's environment.
         service = ServiceClient._shadow(
             base_url=state["base_url"], dialect=state["dialect"],
             route_prefix=state["route_prefix"], flags=state["flags"],
             has_client_config=state["has_client_config"], session_id=state["session_id"],
+            dynamic_flags=state.get("dynamic_flags"),
+            default_headers=state.get("default_headers"), api_key=api_key,
         )
     return SamplingClient(
         service, state["sampling_session_id"], base_model=state["base_model"],

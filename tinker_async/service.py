@@ -120,13 +120,19 @@ class ServiceClient:
         flags: dict[str, Any],
         has_client_config: bool,
         session_id: str | None,
+        dynamic_flags: Mapping[str, Any] | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> ServiceClient:
-        """A client joining an existing session (for unpickled SamplingClients)."""
-        client = cls(base_url=base_url, dialect=dialect, route_prefix=route_prefix)
+        """A client joining an existing session (for unpickled SamplingClients and sampler
+        handles): the server's flags come with it, so it skips the handshake."""
+        client = cls(base_url=base_url, dialect=dialect, route_prefix=route_prefix,
+                     default_headers_overrides=default_headers, api_key=api_key)
         d = client._transport.dialect
         d.flags.update(flags)
         if has_client_config:
             d.apply_client_config(flags)
+        d.dynamic_flags.update(dynamic_flags or {})
         client._session.handshaken = True
         client._session.id = session_id
         client._session.owned = False
