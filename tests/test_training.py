@@ -208,6 +208,41 @@ async def test_a_big_batch_cancelled_while_encoding_gives_up_its_place(api_key: 
             assert accepted_seqs(srv, tc.model_id) == [1, 2]
 
 
+async def test_dimuon_model_trains_with_dimuon_steps(
+    service: tinker.ServiceClient, fresh_server: LocalServer
+) -> None:
+    tc = await service.create_lora_training_client_async(
+        MODEL, rank=4, seed=0, optimizer=tinker.DimuonOptimizerConfig())
+    info = await tc.get_info_async()
+    assert info.optimizer_config == tinker.DimuonOptimizerConfig()
+    tok = tc.get_tokenizer()
+    batch = [make_datum(tok, TEXT)]
+    losses = []
+    for _ in range(6):
+        fb = await tc.forward_backward_async(batch, "cross_entropy")
+        step = await tc.optim_step_async(tinker.DimuonParams(learning_rate=0.05))
+        losses.append((await fb).metrics["loss:sum"])
+        await step
+    assert losses[-1] < 0.8 * losses[0], losses
+    sent = [json.loads(r.body) for r in fresh_server.requests if r.path.endswith("/optim_step")]
+    assert sent[0]["optimizer_params"] == {"learning_rate": 0.05, "grad_clip_norm": 0.0,
+                                           "beta1": 0.9, "type": "dimuon"}
+    assert "adam_params" not in sent[0]
+    # AdamW parameters do not fit a Dimuon model: the server refuses the step.
+    with pytest.raises(tinker.RequestFailedError, match="dimuon"):
+        await (await tc.optim_step_async(tinker.AdamParams()))
+    # Bad values never leave the process.
+    before = len(fresh_server.requests)
+    with pytest.raises(tinker.InvalidRequestError, match="beta1"):
+        await tc.optim_step_async(tinker.DimuonParams(learning_rate=0.1, beta1=1.5))
+    assert len(fresh_server.requests) == before
+    # The family is part of the saved state: a run made from it steps with Dimuon too.
+    saved = await (await tc.save_state_async("dimuon-state"))
+    again = await service.create_training_client_from_state_with_optimizer_async(saved.path)
+    assert (await again.get_info_async()).optimizer_config == tinker.DimuonOptimizerConfig()
+    await (await again.optim_step_async(tinker.DimuonParams(learning_rate=0.01)))
+
+
 async def test_pipelined_async_submits_keep_order(
     tc: tinker.TrainingClient, fresh_server: LocalServer
 ) -> None:

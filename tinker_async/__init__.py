@@ -35,6 +35,7 @@ from .errors import (
     ClientClosedError,
     ConfigurationError,
     ConflictError,
+    ExperimentalWarning,
     InternalServerError,
     InvalidRequestError,
     NotFoundError,
@@ -52,6 +53,8 @@ from .errors import (
 if TYPE_CHECKING:
     from . import types
     from ._api_future import APIFuture, BlockingCallWarning, ClientFuture
+    from ._api_future import ClientFuture as BackcompatSamplingClientFuture
+    from ._api_future import ClientFuture as BackcompatTrainingClientFuture
     from ._config import RetryPolicy
     from .paths import InvalidPathError
     from .rest import AdminClient, RestClient
@@ -59,10 +62,13 @@ if TYPE_CHECKING:
     from .service import ServiceClient
     from .training import TrainingClient
     from .types import (
+        AdamOptimizerConfig,
         AdamParams,
         Checkpoint,
         CheckpointType,
         Datum,
+        DimuonOptimizerConfig,
+        DimuonParams,
         DmelChunk,
         EncodedTextChunk,
         ForwardBackwardOutput,
@@ -73,6 +79,7 @@ if TYPE_CHECKING:
         ModelID,
         ModelInput,
         ModelInputChunk,
+        OptimParams,
         OptimStepRequest,
         OptimStepResponse,
         ParsedCheckpointTinkerPath,
@@ -92,6 +99,9 @@ _LAZY: dict[str, str] = {
     "APIFuture": "._api_future",
     "BlockingCallWarning": "._api_future",
     "ClientFuture": "._api_future",
+    # The official names of the future that also forwards to the client it resolves to.
+    "BackcompatSamplingClientFuture": "._api_future",
+    "BackcompatTrainingClientFuture": "._api_future",
     "RetryPolicy": "._config",
     "InvalidPathError": ".paths",
     "AdminClient": ".rest",
@@ -100,7 +110,8 @@ _LAZY: dict[str, str] = {
     "ServiceClient": ".service",
     "TrainingClient": ".training",
     **{name: ".types" for name in (
-        "AdamParams", "Checkpoint", "CheckpointType", "Datum", "DmelChunk", "EncodedTextChunk",
+        "AdamOptimizerConfig", "AdamParams", "Checkpoint", "CheckpointType", "Datum",
+        "DimuonOptimizerConfig", "DimuonParams", "DmelChunk", "EncodedTextChunk", "OptimParams",
         "ForwardBackwardOutput", "ImageAssetPointerChunk", "ImageChunk", "LoraConfig",
         "LossFnType", "ModelID", "ModelInput", "ModelInputChunk", "OptimStepRequest",
         "OptimStepResponse", "ParsedCheckpointTinkerPath", "PromptProvenanceSpan",
@@ -110,11 +121,16 @@ _LAZY: dict[str, str] = {
 }
 
 
+_RENAMED = {"BackcompatSamplingClientFuture": "ClientFuture",
+            "BackcompatTrainingClientFuture": "ClientFuture"}
+
+
 def __getattr__(name: str) -> Any:
     if name == "types":
         value: Any = importlib.import_module(".types", __name__)
     elif name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        module = importlib.import_module(_LAZY[name], __name__)
+        value = getattr(module, _RENAMED.get(name, name))
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # later lookups are plain attribute reads
@@ -134,9 +150,12 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AdamOptimizerConfig",
     "AdamParams",
     "AdminClient",
     "AuthenticationError",
+    "BackcompatSamplingClientFuture",
+    "BackcompatTrainingClientFuture",
     "BadRequestError",
     "BillingError",
     "BlockingCallWarning",
@@ -147,8 +166,11 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "Datum",
+    "DimuonOptimizerConfig",
+    "DimuonParams",
     "DmelChunk",
     "EncodedTextChunk",
+    "ExperimentalWarning",
     "ForwardBackwardOutput",
     "ImageAssetPointerChunk",
     "ImageChunk",
@@ -161,6 +183,7 @@ __all__ = [
     "ModelInput",
     "ModelInputChunk",
     "NotFoundError",
+    "OptimParams",
     "OptimStepRequest",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",

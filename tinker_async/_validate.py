@@ -16,9 +16,9 @@ from .errors import InvalidRequestError
 
 __all__ = [
     "LOSS_INPUTS",
-    "check_adam_params",
     "check_checkpoint_name",
     "check_forward_backward",
+    "check_optim_params",
     "check_sampling",
 ]
 
@@ -96,13 +96,19 @@ def check_forward_backward(
     return list(data)
 
 
-def check_adam_params(params: Any) -> t.AdamParams:
-    """The AdamParams to send, checked (``None`` means the defaults)."""
+def check_optim_params(params: Any) -> t.AdamParams | t.DimuonParams:
+    """The step parameters to send, checked (``None`` means AdamW's defaults)."""
     if params is None:
         return t.AdamParams()
+    if isinstance(params, t.DimuonParams):
+        if not params.learning_rate >= 0 or not 0 <= params.beta1 < 1:
+            raise InvalidRequestError("DimuonParams need learning_rate >= 0 and 0 <= beta1 < 1")
+        if not params.grad_clip_norm >= 0:
+            raise InvalidRequestError("grad_clip_norm must be >= 0")
+        return params
     if not isinstance(params, t.AdamParams):
         raise InvalidRequestError(
-            f"optim_step takes AdamParams, got {type(params).__name__}; "
+            f"optim_step takes AdamParams or DimuonParams, got {type(params).__name__}; "
             "e.g. AdamParams(learning_rate=1e-4)"
         )
     if not params.learning_rate >= 0:

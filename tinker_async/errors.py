@@ -25,6 +25,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "ExperimentalWarning",
     "InternalServerError",
     "InvalidRequestError",
     "NotFoundError",
@@ -37,6 +38,10 @@ __all__ = [
     "status_error_class",
 ]
 
+
+
+class ExperimentalWarning(FutureWarning):
+    """Emitted for features the server marks experimental (the official SDK's name)."""
 
 class TinkerError(Exception):
     """Base class of every error raised by tinker_async."""

@@ -38,7 +38,7 @@ from . import types as t
 from ._api_future import APIFuture, ClientFuture
 from ._sync import homed
 from ._transport import PROTOBUF, Response
-from ._validate import check_adam_params, check_checkpoint_name, check_forward_backward
+from ._validate import check_checkpoint_name, check_forward_backward, check_optim_params
 from .errors import APIConnectionError, APIError, InvalidRequestError, NotFoundError, TinkerError
 from .paths import parse_checkpoint_path
 from .types import _wire
@@ -485,20 +485,30 @@ class TrainingClient:
 
     @homed
     async def optim_step_async(
-        self, optim_params: t.AdamParams | None = None, *, adam_params: t.AdamParams | None = None
+        self,
+        optim_params: t.AdamParams | t.DimuonParams | None = None,
+        *,
+        adam_params: t.AdamParams | None = None,
     ) -> APIFuture[t.OptimStepResponse]:
-        """Apply the accumulated gradients with AdamW (``AdamParams``; defaults if omitted)."""
+        """Apply the accumulated gradients: AdamW with ``AdamParams`` (its defaults if
+        omitted), or Dimuon with ``DimuonParams`` for a model created with
+        ``optimizer=DimuonOptimizerConfig()``."""
         if optim_params is not None and adam_params is not None:
             raise InvalidRequestError("pass optim_params or adam_params, not both")
-        params = check_adam_params(optim_params if optim_params is not None else adam_params)
-        adam = {"learning_rate": params.learning_rate, "beta1": params.beta1,
+        params = check_optim_params(optim_params if optim_params is not None else adam_params)
+        if isinstance(params, t.AdamParams):
+            step: dict[str, Any] = {
+                "learning_rate": params.learning_rate, "beta1": params.beta1,
                 "beta2": params.beta2, "eps": params.eps, "weight_decay": params.weight_decay}
-        if params.grad_clip_norm:
-            adam["grad_clip_norm"] = params.grad_clip_norm
+            if params.grad_clip_norm:
+                step["grad_clip_norm"] = params.grad_clip_norm
+            field = "adam_params"
+        else:  # other families go in optimizer_params, with their "type"
+            step, field = _wire.to_builtins(params), "optimizer_params"
         ticket = self._seq.tickets(1)[0]
         return await self._submit(
             ticket, "optim_step",
-            lambda seq: {"model_id": self.model_id, "seq_id": seq, "adam_params": adam,
+            lambda seq: {"model_id": self.model_id, "seq_id": seq, field: step,
                          "type": "optim_step"},
             "OptimStep", lambda r: r.decode(t.OptimStepResponse))
 
@@ -656,8 +666,8 @@ class TrainingClient:
         """
         return _sync.call_flat(self, self.forward_backward_custom_async(data, loss_fn, loss_type_input=loss_type_input))
 
-    def optim_step(self, optim_params: t.AdamParams | None=None, *, adam_params: t.AdamParams | None=None) -> APIFuture[t.OptimStepResponse]:
-        """Apply the accumulated gradients with AdamW (``AdamParams``; defaults if omitted).
+    def optim_step(self, optim_params: t.AdamParams | t.DimuonParams | None=None, *, adam_params: t.AdamParams | None=None) -> APIFuture[t.OptimStepResponse]:
+        """Apply the accumulated gradients: AdamW with ``AdamParams`` (its defaults if
 
         Sync form of :meth:`optim_step_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).

@@ -347,6 +347,9 @@ class Adapter:
         self.adam_m = {k: np.zeros_like(v) for k, v in params.items()}
         self.adam_v = {k: np.zeros_like(v) for k, v in params.items()}
         self.step = 0
+        #: the optimizer family fixed at creation: "adamw", or "dimuon" (adam_m holds its
+        #: momentum then)
+        self.optimizer = "adamw"
         self.targets = tuple(k[:-2] for k in params if k.endswith(".A"))
 
     @classmethod
@@ -896,29 +899,42 @@ def _pad_cols(x: NDArray[Any], width: int, fill: float) -> NDArray[Any]:
 # --------------------------------------------------------------------------------------
 
 
-def optim_step(adapter: Adapter, adam_params: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """One AdamW step on the adapter's accumulated gradients, then zero them.
+def optim_step(adapter: Adapter, params: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """One optimizer step on the adapter's accumulated gradients, then zero them.
 
-    With ``g`` the gradient (scaled by ``c / ||g||`` when ``grad_clip_norm = c > 0`` and the
-    global norm exceeds it), step ``n`` and defaults as ``tinker.AdamParams``::
+    ``params`` are the request's ``adam_params`` or ``optimizer_params``; their family
+    (``type``, AdamW when absent) must be the one the model was created with. Returns
+    ``grad_norm:mean`` (before clipping) and ``learning_rate:mean``.
+    """
+    family = str((params or {}).get("type", "adamw"))
+    family = "adamw" if family == "adam" else family
+    if family != adapter.optimizer:
+        raise ValueError(
+            f"this model was created with the {adapter.optimizer} optimizer; optim_step "
+            f"got {family} parameters"
+        )
+    grad_norm = math.sqrt(
+        sum(float(np.sum(np.square(g, dtype=np.float64))) for g in adapter.grads.values())
+    )
+    hp = _dimuon_hyperparams(params) if family == "dimuon" else _adam_hyperparams(params)
+    adapter.step += 1
+    if not adapter.base.zero_compute:
+        clip = hp["grad_clip_norm"]
+        coef = clip / (grad_norm + 1e-6) if clip > 0 and grad_norm > clip else 1.0
+        (_dimuon_update if family == "dimuon" else _adamw_update)(adapter, hp, coef)
+    adapter.zero_grad()
+    return {"grad_norm:mean": grad_norm, "learning_rate:mean": hp["learning_rate"]}
+
+
+def _adamw_update(adapter: Adapter, hp: Mapping[str, float], coef: float) -> None:
+    """AdamW with ``g`` the gradient (times ``coef``, the clipping factor) and defaults as
+    ``tinker.AdamParams``::
 
         m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
         p -= lr * (m / (1 - beta1^n)) / (sqrt(v / (1 - beta2^n)) + eps) + lr * wd * p
 
-    (decoupled weight decay, applied to the pre-step ``p``). Returns ``grad_norm:mean``
-    (before clipping) and ``learning_rate:mean``.
+    (decoupled weight decay, applied to the pre-step ``p``).
     """
-    hp = _adam_hyperparams(adam_params)
-    grad_norm = math.sqrt(
-        sum(float(np.sum(np.square(g, dtype=np.float64))) for g in adapter.grads.values())
-    )
-    if adapter.base.zero_compute:
-        adapter.step += 1
-        adapter.zero_grad()
-        return {"grad_norm:mean": grad_norm, "learning_rate:mean": hp["learning_rate"]}
-    clip = hp["grad_clip_norm"]
-    coef = clip / (grad_norm + 1e-6) if clip > 0 and grad_norm > clip else 1.0
-    adapter.step += 1
     lr, b1, b2, eps, wd = (
         hp[k] for k in ("learning_rate", "beta1", "beta2", "eps", "weight_decay")
     )
@@ -935,8 +951,54 @@ def optim_step(adapter: Adapter, adam_params: Mapping[str, Any] | None = None) -
         if wd:
             update += wd * p
         p -= (lr * update).astype(p.dtype)
-    adapter.zero_grad()
-    return {"grad_norm:mean": grad_norm, "learning_rate:mean": lr}
+
+
+def _dimuon_update(adapter: Adapter, hp: Mapping[str, float], coef: float) -> None:
+    """The local stand-in for the service's Dimuon: a Muon step. Each matrix moves along
+    the orthogonalised momentum (Newton-Schulz), scaled to the matrix's shape::
+
+        m = beta1 m + g;   p -= lr * sqrt(max(1, rows / cols)) * orth(m)
+
+    Vectors (none in a LoRA adapter today) take the momentum step itself.
+    """
+    lr, b1 = hp["learning_rate"], hp["beta1"]
+    for key, p in adapter.params.items():
+        m = adapter.adam_m[key]
+        m *= b1
+        m += adapter.grads[key] * coef
+        if p.ndim == 2:
+            update = _orthogonalised(m) * math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
+        else:
+            update = m
+        p -= (lr * update).astype(p.dtype)
+
+
+def _orthogonalised(m: FloatArray, steps: int = 5) -> FloatArray:
+    """Muon's quintic Newton-Schulz iteration: about U V^T for m = U S V^T."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = m.astype(np.float64)
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:
+        x = x.T
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    out: FloatArray = (x.T if transposed else x).astype(m.dtype)
+    return out
+
+
+def _dimuon_hyperparams(params: Mapping[str, Any] | None) -> dict[str, float]:
+    hp = {"learning_rate": 0.02, "beta1": 0.9, "grad_clip_norm": 0.0}
+    for key, value in (params or {}).items():
+        if key == "type":
+            continue
+        if key not in hp:
+            raise ValueError(f"unknown Dimuon parameter {key!r}; accepted: {sorted(hp)}")
+        hp[key] = float(value)
+    if hp["learning_rate"] < 0 or not 0 <= hp["beta1"] < 1 or hp["grad_clip_norm"] < 0:
+        raise ValueError("need learning_rate >= 0, 0 <= beta1 < 1 and grad_clip_norm >= 0")
+    return hp
 
 
 def _adam_hyperparams(adam_params: Mapping[str, Any] | None) -> dict[str, float]:
@@ -982,6 +1044,7 @@ def save_state(adapter: Adapter, include_optimizer: bool = True) -> bytes:
         "train_unembed": adapter.train_unembed,
         "has_optimizer": include_optimizer,
         "step": adapter.step if include_optimizer else 0,
+        "optimizer": adapter.optimizer,
     }
     arrays: dict[str, NDArray[Any]] = {
         "__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -1035,6 +1098,7 @@ def load_state(base: BaseModel, data: bytes, include_optimizer: bool = True) -> 
             train_attn=bool(meta["train_attn"]),
             train_unembed=bool(meta["train_unembed"]),
         )
+        adapter.optimizer = str(meta.get("optimizer", "adamw"))
         for key in adapter.params:
             adapter.params[key] = archive[f"param/{key}"].astype(base.dtype)
         if include_optimizer and meta.get("has_optimizer"):

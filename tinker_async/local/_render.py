@@ -85,6 +85,11 @@ def render_run(run: RunRecord, state: ServerState, surface: Surface) -> dict[str
     return _compact(record)
 
 
+def optimizer_config(family: str) -> dict[str, Any]:
+    """The wire ``optimizer_config`` of an optimizer family."""
+    return {"type": "dimuon", "version": 1} if family == "dimuon" else {"type": "adamw"}
+
+
 def render_weights_info(run: RunRecord, ckpt: CheckpointRecord, surface: Surface) -> dict[str, Any]:
     """``WeightsInfoResponse`` (Twinkle wraps it in ``{"weights_info": ...}``).
 
@@ -93,7 +98,7 @@ def render_weights_info(run: RunRecord, ckpt: CheckpointRecord, surface: Surface
     info = _compact(
         {
             "base_model": run.base_model,
-            "optimizer_config": {"type": "adamw"},
+            "optimizer_config": optimizer_config(run.optimizer),
             "is_lora": run.is_lora,
             "lora_rank": run.lora_rank,
             "train_unembed": run.train_unembed,

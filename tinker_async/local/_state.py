@@ -163,6 +163,8 @@ class RunRecord:
     """Copies made by ``copy_weights`` cannot be trained."""
     project_id: str | None = None
     model_owner: str = LOCAL_OWNER
+    optimizer: str = "adamw"
+    """The optimizer family chosen at creation (``adamw`` or ``dimuon``)."""
 
 
 @dataclass
@@ -447,6 +449,7 @@ class ServerState:
         train_unembed: bool = True,
         user_metadata: Mapping[str, str] | None = None,
         read_only: bool = False,
+        optimizer: str = "adamw",
     ) -> RunRecord:
         """A new run ``{session_id}:train:{model_seq_id}`` (409 if that id exists).
 
@@ -474,6 +477,7 @@ class ServerState:
                 user_metadata=dict(user_metadata) if user_metadata is not None else None,
                 read_only=read_only,
                 project_id=session.project_id,
+                optimizer=optimizer,
             )
             self._runs[run_id] = record
             session.training_run_ids.append(run_id)

@@ -53,6 +53,7 @@ from ._models import (
     snapshot,
 )
 from ._outputs import forward_backward_json, forward_backward_proto
+from ._render import optimizer_config
 from ._routing import Route, ServerContext, context, route
 from ._state import validate_ttl
 from ._validate import Fields, read_json_object
@@ -63,7 +64,7 @@ _T = TypeVar("_T")
 _PROTOBUF = "application/x-protobuf"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _IDEMPOTENCY_HEADER = "X-Idempotency-Key"
-_OPTIMIZERS = ("adamw", "adam")
+_OPTIMIZERS = {"adamw": "adamw", "adam": "adamw", "dimuon": "dimuon"}
 _KINDS = ("snapshot", "inflight")
 
 Op = Callable[[TrainedModel, int], Any]
@@ -241,7 +242,9 @@ async def create_model(request: web.Request) -> web.Response:
     if not any(flags.values()):
         raise bad_request("At least one of train_mlp, train_attn, train_unembed must be true")
     if optimizer_type not in _OPTIMIZERS:
-        raise bad_request(f"The local model trains with AdamW only, not {optimizer_type!r}")
+        raise bad_request(f"Unknown optimizer {optimizer_type!r}; the local model has "
+                          f"{sorted(set(_OPTIMIZERS.values()))}")
+    optimizer_family = _OPTIMIZERS[optimizer_type]
     adapter = Adapter.new(
         base,
         rank=rank,
@@ -250,6 +253,7 @@ async def create_model(request: web.Request) -> web.Response:
         train_attn=flags["train_attn"],
         train_unembed=flags["train_unembed"],
     )
+    adapter.optimizer = optimizer_family
     run = ctx.state.create_training_run(
         session_id,
         model_seq_id,
@@ -259,6 +263,7 @@ async def create_model(request: web.Request) -> web.Response:
         train_attn=flags["train_attn"],
         train_unembed=flags["train_unembed"],
         user_metadata=user_metadata,
+        optimizer=optimizer_family,
     )
     reg.add_model(run.training_run_id, base, adapter, next_seq=1)
     answer = {"model_id": run.training_run_id, "type": "create_model"}
@@ -285,7 +290,7 @@ async def get_info(request: web.Request) -> web.Response:
                 "model_name": run.base_model,
                 "tokenizer_id": TOKENIZER_ID,
             },
-            "optimizer_config": {"type": "adamw"},
+            "optimizer_config": optimizer_config(run.optimizer),
             "is_lora": run.is_lora,
             "lora_rank": run.lora_rank,
             "model_name": run.base_model,
@@ -651,6 +656,7 @@ async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Re
         train_attn=source.train_attn,
         train_unembed=source.train_unembed,
         user_metadata=user_metadata,
+        optimizer=source.optimizer,
     )
     model = reg.add_model(run.training_run_id, base, None, next_seq=0)
 
