@@ -504,7 +504,7 @@ async def test_a_call_cancelled_while_its_request_is_on_the_wire_still_takes_its
     tok = tc.get_tokenizer()
     batch = [make_datum(tok)]
     fresh_server.faults.add(r"/forward_backward$", delay_s=0.4, count=1)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # not the builtin one before Python 3.11
         await asyncio.wait_for(tc.forward_backward_async(batch, "cross_entropy"), 0.1)
     # The submit went through regardless, so the next call gets the next seq id and its
     # own result (not the forward_backward's future under a reused seq id).
