@@ -241,6 +241,27 @@ async def test_dimuon_model_trains_with_dimuon_steps(
     again = await service.create_training_client_from_state_with_optimizer_async(saved.path)
     assert (await again.get_info_async()).optimizer_config == tinker.DimuonOptimizerConfig()
     await (await again.optim_step_async(tinker.DimuonParams(learning_rate=0.01)))
+    rest = service.create_rest_client()
+    copied = await rest.copy_weights_async(saved.path, "another-project")
+    info = await rest.get_weights_info_async(copied)
+    assert info.optimizer_config == tinker.DimuonOptimizerConfig()
+
+
+async def test_the_optimizer_family_follows_the_run_not_the_checkpoint(
+    tc: tinker.TrainingClient, service: tinker.ServiceClient
+) -> None:
+    adam_state = await (await tc.save_state_async("adam-state"))
+    # The weights of an AdamW run, into a new Dimuon run: it steps with Dimuon.
+    dimuon = await service.create_training_client_from_state_async(
+        adam_state.path, optimizer=tinker.DimuonOptimizerConfig())
+    assert (await dimuon.get_info_async()).optimizer_config == tinker.DimuonOptimizerConfig()
+    await (await dimuon.optim_step_async(tinker.DimuonParams(learning_rate=0.01)))
+    # Loading weights into an existing run keeps that run's family...
+    await (await dimuon.load_state_async(adam_state.path))
+    await (await dimuon.optim_step_async(tinker.DimuonParams(learning_rate=0.01)))
+    # ...and AdamW moments cannot become Dimuon ones: a clear refusal.
+    with pytest.raises(tinker.RequestFailedError, match="weights only"):
+        await (await dimuon.load_state_with_optimizer_async(adam_state.path))
 
 
 async def test_pipelined_async_submits_keep_order(

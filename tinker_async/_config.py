@@ -43,7 +43,7 @@ DEFAULT_CONNECTION_LIMIT = 256
 DEFAULT_KEEPALIVE = 30.0
 
 _OFFICIAL_HOST_SUFFIX = ".thinkingmachines.dev"
-_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: must fit in a header
+KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: must fit in a header
 
 
 class Secret:
@@ -145,10 +145,11 @@ class ClientConfig:
 
 
 def _unpickle_config(state: dict[str, Any]) -> ClientConfig:
-    key = _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN") or _stored_key()
+    key = _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
+    if key is None and state.get("credential_cmd"):
+        return ClientConfig(api_key=Secret(""), **state)
+    key = key or _stored_key(state["base_url"], state.get("dialect"))
     if key is None:
-        if state.get("credential_cmd"):
-            return ClientConfig(api_key=Secret(""), **state)
         raise ConfigurationError(
             "This client was pickled without its API key (keys are never pickled). "
             "Set TINKER_API_KEY in the environment of the process that unpickles it."
@@ -161,17 +162,24 @@ def credentials_file() -> Path:
     return Path.home() / ".tinker" / "credentials.json"
 
 
-def _stored_key() -> str | None:
-    """The default key of the official CLI's credentials file, if there is one.
+def _stored_key(base_url: str, dialect: str | None) -> str | None:
+    """The default key of the official CLI's credentials file, for the official service.
 
-    ``{"version": 1, "default": id, "keys": {id: {"key": ...}}}``. An unreadable or
-    malformed file is reported, not skipped silently: the user meant it to be used.
+    ``{"version": 1, "default": id, "keys": {id: {"key": ...}}}``. It is a key for the
+    Tinker service, so it is never sent anywhere else (a self-hosted or Twinkle server
+    gets its key from the argument or the environment). An unreadable or malformed file is
+    reported, not skipped silently: the user meant it to be used.
     """
+    host = urlsplit(base_url).hostname or ""
+    if dialect == "twinkle" or not host.endswith(_OFFICIAL_HOST_SUFFIX):
+        return None
     path = credentials_file()
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("default") is None:
+            return None
         key = data["keys"][data["default"]]["key"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigurationError(
@@ -215,12 +223,12 @@ def check_api_key(key: str, base_url: str) -> str:
     """Validate an API key's form (never its value: that is the server's job)."""
     if not isinstance(key, str) or not key.strip():
         raise ConfigurationError(
-            "No API key. Pass api_key=... or set TINKER_API_KEY (or TINKER_CREDENTIAL_CMD, "
-            "or store one with `tinker auth login`); for the embedded server, use "
-            "LocalServer().api_key."
+            "No API key. Pass api_key=... or set TINKER_API_KEY (or TINKER_CREDENTIAL_CMD; "
+            "a key stored by `tinker auth login` is used for the Tinker service only); for "
+            "the embedded server, use LocalServer().api_key."
         )
     key = key.strip()
-    if not _KEY_CHARS.match(key):
+    if not KEY_CHARS.match(key):
         raise ConfigurationError(
             "The API key contains spaces or non-ASCII/control characters, so it cannot be "
             "sent in a header; check for a stray newline or quote around it."
@@ -257,7 +265,7 @@ def resolve_config(
     )
     command = options.pop("credential_cmd", None) or (None if key else _env("TINKER_CREDENTIAL_CMD"))
     if not key and not command:
-        key = _stored_key()
+        key = _stored_key(url, dialect)
     key = "" if command and not key else check_api_key(key or "", url)
     max_retries = options.pop("max_retries", None)
     if max_retries is not None:

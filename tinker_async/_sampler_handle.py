@@ -18,15 +18,21 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidRequestError
 
-__all__ = ["decode_handle", "encode_handle"]
+__all__ = ["decode_handle", "encode_handle", "without_credentials"]
 
 _PRIVATE = "_tinker_async"
 _CREDENTIAL_HEADER = re.compile(r"authorization|api[-_]?key|cookie|secret|token|password",
                                 re.IGNORECASE)
+
+
+def without_credentials(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` less the ones that look like credentials (they stay in this process)."""
+    return {k: v for k, v in headers.items() if not _CREDENTIAL_HEADER.search(k)}
 
 
 def encode_handle(state: dict[str, Any]) -> str:
@@ -41,9 +47,7 @@ def encode_handle(state: dict[str, Any]) -> str:
         "sampling_session_id": state["sampling_session_id"],
         "holder": {
             "base_url": state["base_url"],
-            "default_headers_overrides": {
-                k: v for k, v in state["default_headers"].items()
-                if not _CREDENTIAL_HEADER.search(k)},
+            "default_headers_overrides": without_credentials(state["default_headers"]),
             "client_config": client_config,
             "client_dynamic_config": dict(state["dynamic_flags"]),
             "api_key": None,

@@ -84,8 +84,11 @@ class Session:
                 log.info("server has no client/config: using the legacy JSON protocol")
                 dialect.mark_legacy()
             else:
-                # With pjwt_auth_enabled, the next request exchanges the key for a JWT.
                 dialect.apply_client_config(flags if isinstance(flags, dict) else {})
+                if dialect.flag("pjwt_auth_enabled"):
+                    # Now, so that a failed exchange is its own error, not a missing
+                    # (optional) dynamic config below.
+                    await self.transport.start_jwt_mode()
                 try:
                     dyn = await self.transport.request(
                         "POST", "client/dynamic_config", json=body, retry=NO_RETRY, timeout=10
@@ -94,7 +97,7 @@ class Session:
                         dialect.dynamic_flags.update(data)
                 except APIError as exc:  # optional endpoint; defaults apply
                     log.debug("no client/dynamic_config (%s); using defaults", exc)
-        if not self.transport.credentials.jwt_mode:
+        if not dialect.flag("pjwt_auth_enabled"):
             self.transport.credentials.refuse_command_without_jwt()
         self.handshaken = True
 

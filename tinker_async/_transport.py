@@ -252,8 +252,9 @@ class Transport:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._base_headers = self._build_base_headers()
-        self.credentials = Credentials(config)
-        self._auth_headers = dialect.auth_headers(config.api_key.get()) if config.api_key.get() else {}
+        self.credentials = Credentials(config, self._exchange)
+        self._auth_for: str | None = None
+        self._auth_headers: dict[str, str] = {}
         self.closed = False
         home.on_move(self._abandon_session)
         _sync.register_for_exit(self)
@@ -274,37 +275,42 @@ class Transport:
     # -- credentials ------------------------------------------------------------------
 
     async def start_jwt_mode(self) -> None:
-        """Exchange the credential for a JWT and send that from now on (``pjwt_auth_enabled``)."""
-        await self.credentials.start_jwt_mode(self._exchange)
-        self._auth_headers = self.dialect.auth_headers(self.credentials.current())
+        """Exchange the credential for a JWT now (the server said ``pjwt_auth_enabled``)."""
+        if not self.credentials.jwt_mode:
+            await self.credentials.prepare(wants_jwt=True)
+
+    def _auth_header(self) -> dict[str, str]:
+        """The auth header for the credential to send now (rebuilt only when it changes)."""
+        credential = self.credentials.current()
+        if credential is not self._auth_for:
+            self._auth_for = credential
+            self._auth_headers = self.dialect.auth_headers(credential) if credential else {}
+        return self._auth_headers
 
     async def _exchange(self, credential: str) -> str:
         """``POST auth/token`` with ``credential``: the JWT the server gives for it."""
         response = await self.request(
             "POST", "auth/token", json={}, headers=self.dialect.auth_headers(credential),
             authenticate=False)
-        data = response.json()
+        try:
+            data = response.json()
+        except ValueError:  # msgspec's DecodeError is one
+            data = None
         token = data.get("jwt") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
-            raise APIError("auth/token answered without a jwt", method="POST",
+            raise APIError('auth/token answered without {"jwt": ...}', method="POST",
                            url=self.url("auth/token"))
         return token
 
-    async def _jwt_after_401(self) -> bool:
-        """A fresh JWT after a 401 ``invalid_token``; False if none can be had."""
+    async def _jwt_after_401(self, rejected: str) -> bool:
+        """A fresh JWT after a 401 ``invalid_token`` refused ``rejected``; False if none
+        can be had (the 401 then stands)."""
         try:
-            if self.credentials.jwt_mode:
-                await self._renew_jwt(force=True)
-            else:
-                await self.start_jwt_mode()
+            await self.credentials.renew(rejected=rejected)
         except APIStatusError as exc:
             log.debug("no JWT after a 401 invalid_token: %s", exc)
             return False
         return True
-
-    async def _renew_jwt(self, *, force: bool = False) -> None:
-        await self.credentials.renew(self._exchange, force=force)
-        self._auth_headers = self.dialect.auth_headers(self.credentials.current())
 
     # -- the aiohttp session ----------------------------------------------------------
 
@@ -412,20 +418,10 @@ class Transport:
         """
         policy = retry or self.config.retry
         url = self.url(endpoint)
-        if authenticate:
-            credentials = self.credentials
-            if credentials.due():
-                await self._renew_jwt()
-            elif (not credentials.jwt_mode and self.dialect.flags.get("pjwt_auth_enabled")
-                  and endpoint != "client/config"):
-                await self.start_jwt_mode()  # the server said so at the handshake
-            elif not self._auth_headers:  # no static key: the credential command's output
-                credential = await self.credentials.static_credential()
-                self._auth_headers = self.dialect.auth_headers(credential)
-            # The session adds the base headers; the credential may change (JWT renewals).
-            req_headers = {**self._auth_headers, **headers} if headers else dict(self._auth_headers)
-        else:
-            req_headers = dict(headers) if headers else {}
+        req_headers = dict(headers) if headers else {}  # the session adds the base headers
+        # JWT mode once the handshake said so (client/config itself goes with the key).
+        wants_jwt = authenticate and endpoint != "client/config" and bool(
+            self.dialect.flags.get("pjwt_auth_enabled"))
         if json is not None:
             body = _json_encode(json)
             content_type = "application/json"
@@ -440,9 +436,15 @@ class Transport:
         attempt = 0
         throttled = 0
         replayed = False
+        sent_credential = ""
         while True:
             retry_after: float | None = None
             force: bool | None = None
+            if authenticate:  # per attempt: a long retry can outlive a JWT
+                if not self.credentials.ready(wants_jwt):
+                    await self.credentials.prepare(wants_jwt)
+                sent_credential = self.credentials.current()
+                req_headers.update(self._auth_header())
             try:
                 response = await self._send(method, url, req_headers, body, params, read_timeout)
             except APIError as exc:
@@ -457,8 +459,7 @@ class Transport:
                     # also how a client that skipped the handshake (a bare RestClient) learns
                     # that the server is in JWT mode.
                     replayed = True
-                    if await self._jwt_after_401():
-                        req_headers.update(self._auth_headers)
+                    if await self._jwt_after_401(rejected=sent_credential):
                         continue
                 error = status_error(
                     status,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import os
 import random
@@ -32,7 +33,7 @@ from . import types as t
 from ._api_future import APIFuture
 from ._config import RetryPolicy
 from ._futures import PromiseExpired
-from ._sampler_handle import decode_handle, encode_handle
+from ._sampler_handle import decode_handle, encode_handle, without_credentials
 from ._sync import LoopLock, homed
 from ._transport import Response
 from ._validate import check_sampling
@@ -112,7 +113,7 @@ class SamplingClient:
             _live_services[(config.base_url, svc._session.id)] = svc
         return {
             "base_url": config.base_url,
-            "default_headers": dict(config.default_headers),
+            "default_headers": without_credentials(config.default_headers),
             "dialect": dialect.name,
             "route_prefix": dialect.route_prefix,
             "flags": dict(dialect.flags),
@@ -361,19 +362,35 @@ _live_services: weakref.WeakValueDictionary[tuple[str, str], ServiceClient] = (
     weakref.WeakValueDictionary())
 
 
+#: ServiceClients made to join a session in this process, by session and credential
+_shadows: weakref.WeakValueDictionary[tuple[Any, ...], ServiceClient] = (
+    weakref.WeakValueDictionary())
+_KEY_VARIABLES = ("TINKER_API_KEY", "TWINKLE_SERVER_TOKEN", "TINKER_CREDENTIAL_CMD")
+
+
 def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None) -> SamplingClient:
     from .service import ServiceClient
 
-    service = _live_services.get((state["base_url"], state["session_id"]))
-    if service is None or service._closed or api_key is not None:
-        # Another process: join the session with the key from this process's environment.
-        service = ServiceClient._shadow(
-            base_url=state["base_url"], dialect=state["dialect"],
-            route_prefix=state["route_prefix"], flags=state["flags"],
-            has_client_config=state["has_client_config"], session_id=state["session_id"],
-            dynamic_flags=state.get("dynamic_flags"),
-            default_headers=state.get("default_headers"), api_key=api_key,
-        )
+    service = None if api_key is not None else _live_services.get(
+        (state["base_url"], state["session_id"]))
+    if service is None or service._closed:
+        # Another process (or another key): join the session with this process's key. One
+        # joining client per session and credential, however many copies are made (each
+        # would otherwise bring a connection pool, and a JWT exchange, of its own).
+        headers = state.get("default_headers") or {}
+        credential = api_key or next((os.environ[n] for n in _KEY_VARIABLES if os.environ.get(n)), "")
+        shadow_key = (state["base_url"], state["session_id"], state["dialect"],
+                      hashlib.sha256(credential.encode()).hexdigest(),
+                      tuple(sorted(headers.items())))
+        service = _shadows.get(shadow_key)
+        if service is None or service._closed:
+            service = _shadows[shadow_key] = ServiceClient._shadow(
+                base_url=state["base_url"], dialect=state["dialect"],
+                route_prefix=state["route_prefix"], flags=state["flags"],
+                has_client_config=state["has_client_config"], session_id=state["session_id"],
+                dynamic_flags=state.get("dynamic_flags"), default_headers=headers,
+                api_key=api_key,
+            )
     return SamplingClient(
         service, state["sampling_session_id"], base_model=state["base_model"],
         model_path=state["model_path"], record_stability_info=state["record_stability_info"],

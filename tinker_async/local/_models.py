@@ -166,9 +166,18 @@ def snapshot(adapter: Adapter) -> Adapter:
 
 
 def read_adapter(
-    state: ServerState, record: CheckpointRecord, base: BaseModel, *, include_optimizer: bool
+    state: ServerState,
+    record: CheckpointRecord,
+    base: BaseModel,
+    *,
+    include_optimizer: bool,
+    optimizer: str | None = None,
 ) -> Adapter:
-    """Blocking: the adapter saved in a checkpoint (``ValueError`` if it holds none)."""
+    """Blocking: the adapter saved in a checkpoint (``ValueError`` if it holds none).
+
+    ``optimizer`` is the family of the run receiving it: the optimizer state of another
+    family cannot be loaded (``ValueError``); weights alone can, and the run keeps its own.
+    """
     path = state.checkpoint_dir(record.training_run_id, record.kind, record.name) / ADAPTER_FILE
     try:
         data = path.read_bytes()
@@ -177,7 +186,15 @@ def read_adapter(
             f"checkpoint {record.path()} holds no weights of the local model "
             f"(it has no {ADAPTER_FILE})"
         ) from None
-    return load_state(base, data, include_optimizer=include_optimizer)
+    adapter = load_state(base, data, include_optimizer=include_optimizer)
+    if optimizer is not None and optimizer != adapter.optimizer:
+        if include_optimizer:
+            raise ValueError(
+                f"checkpoint {record.path()} holds {adapter.optimizer} optimizer state and "
+                f"this model uses {optimizer}; load the weights only"
+            )
+        adapter.optimizer = optimizer  # fresh moments: load_state loaded none
+    return adapter
 
 
 def external_export(adapter: Adapter, base_model: str) -> dict[str, bytes]:

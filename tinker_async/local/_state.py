@@ -689,6 +689,7 @@ class ServerState:
                 train_unembed=run.train_unembed,
                 user_metadata=run.user_metadata,
                 read_only=True,
+                optimizer=run.optimizer,
             )
         target = self.checkpoint_dir(copy.training_run_id, source.kind, source.name)
         for path in self.checkpoint_files(source):

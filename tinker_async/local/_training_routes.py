@@ -601,7 +601,8 @@ async def load_weights(request: web.Request) -> web.Response:
                 f"checkpoint {path} was trained on {source_base!r}, this model is "
                 f"{model.base.name!r}"
             )
-        model.adapter = read_adapter(state, record, model.base, include_optimizer=optimizer)
+        model.adapter = read_adapter(state, record, model.base, include_optimizer=optimizer,
+                                     optimizer=state.get_run(model_id).optimizer)
         model.load_error = None
         return {"path": path, "type": "load_weights"}
 
@@ -628,8 +629,16 @@ async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Re
     path = fields.text("path")
     optimizer = fields.flag("optimizer")
     fields.opt_text("weights_access_token")
-    fields.ignore("type", "optimizer_config", "model_id", "seq_id")
+    requested = fields.nested("optimizer_config", required=False)
+    requested_type = None
+    if requested is not None:
+        requested_type = requested.text("type", default="adamw")
+        requested.ignore("version")
+    fields.ignore("type", "model_id", "seq_id")
     fields.finish()
+    if requested_type is not None and requested_type not in _OPTIMIZERS:
+        raise bad_request(f"Unknown optimizer {requested_type!r}; the local model has "
+                          f"{sorted(set(_OPTIMIZERS.values()))}")
 
     reg: ModelRegistry = registry(ctx)
     state = ctx.state
@@ -647,6 +656,10 @@ async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Re
             f"{source.base_model!r}"
         )
     base = reg.base_model(source.base_model)
+    family = _OPTIMIZERS[requested_type] if requested_type is not None else source.optimizer
+    if optimizer and family != source.optimizer:
+        raise bad_request(f"the checkpoint holds {source.optimizer} optimizer state; a "
+                          f"{family} model can load its weights only (optimizer=false)")
     run = state.create_training_run(
         session_id,
         model_seq_id,
@@ -656,13 +669,14 @@ async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Re
         train_attn=source.train_attn,
         train_unembed=source.train_unembed,
         user_metadata=user_metadata,
-        optimizer=source.optimizer,
+        optimizer=family,
     )
     model = reg.add_model(run.training_run_id, base, None, next_seq=0)
 
     def load() -> Any:
         try:
-            model.adapter = read_adapter(state, record, base, include_optimizer=optimizer)
+            model.adapter = read_adapter(state, record, base, include_optimizer=optimizer,
+                                         optimizer=family)
         except ValueError as exc:
             model.load_error = str(exc)
             raise
