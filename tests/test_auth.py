@@ -290,3 +290,24 @@ def test_copies_of_a_sampler_share_one_joining_client(jwt_server: LocalServer) -
     asamples = [r for r in jwt_server.requests if r.path.endswith("/asample")]
     assert [r.headers.get("X-Team") for r in asamples] == ["a"] * 3
     assert all("CF-Access-Client-Secret" not in r.headers for r in asamples)
+
+
+COMMAND_CHILD = """
+import base64, pickle
+import tinker_async as tinker
+sc = pickle.loads(base64.b64decode({blob!r}))
+try:
+    sc.sample(tinker.ModelInput.from_ints([72]), 1, tinker.SamplingParams(max_tokens=1)).result(30)
+except tinker.ConfigurationError as exc:
+    print("REFUSED", exc)
+"""
+
+
+def test_a_copy_refuses_a_credential_command_on_a_server_without_jwt_mode(
+    server: LocalServer, api_key: str, run_script: Callable[..., str]
+) -> None:
+    with ServiceClient(base_url=server.url, api_key=api_key) as service:
+        blob = pickle.dumps(service.create_sampling_client(base_model=MODEL).result(10))
+    out = run_script(COMMAND_CHILD.format(blob=base64.b64encode(blob).decode()),
+                     env={"TINKER_CREDENTIAL_CMD": _print_command(api_key)})
+    assert "REFUSED" in out and "JWT mode" in out, out

@@ -442,6 +442,10 @@ class Transport:
             force: bool | None = None
             if authenticate:  # per attempt: a long retry can outlive a JWT
                 if not self.credentials.ready(wants_jwt):
+                    if not wants_jwt and self.dialect.has_client_config:
+                        # The server's flags are known (a copy carries them) and say no
+                        # JWT mode: a credential command is refused, as at the handshake.
+                        self.credentials.refuse_command_without_jwt()
                     await self.credentials.prepare(wants_jwt)
                 sent_credential = self.credentials.current()
                 req_headers.update(self._auth_header())
