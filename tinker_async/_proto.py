@@ -514,10 +514,15 @@ def _write_tensor(w: Writer, key: bytes, td: TensorData) -> None:
         w.end(csr)
     else:
         w.blob(_TENSOR_DENSE, values)  # a oneof member: written even when empty
-    w.varint(_TENSOR_DTYPE, proto_dtype)
-    if td.shape is not None:
-        w.packed_varints(_TENSOR_SHAPE, td.shape)
+    _write_tensor_tail(w, proto_dtype, td.shape)
     w.end(mark)
+
+
+def _write_tensor_tail(w: Writer, proto_dtype: int, shape: Sequence[int] | None) -> None:
+    """A ``Tensor``'s fields after its data: the dtype, then the shape (if any)."""
+    w.varint(_TENSOR_DTYPE, proto_dtype)
+    if shape is not None:
+        w.packed_varints(_TENSOR_SHAPE, shape)
 
 
 def _tensor_from_message(msg: Mapping[str, Any], what: str) -> TensorData:
@@ -748,9 +753,7 @@ def _tensor_entry(
     """(bytes before the data, bytes after it) of a ``loss_fn_inputs`` entry holding a
     dense tensor of ``nbytes`` bytes."""
     w = Writer()
-    w.varint(_TENSOR_DTYPE, _WRITE_DTYPES[dtype][0])
-    if shape is not None:
-        w.packed_varints(_TENSOR_SHAPE, shape)
+    _write_tensor_tail(w, _WRITE_DTYPES[dtype][0], shape)
     tail = w.getvalue()
     dense = _TENSOR_DENSE + encode_varint(nbytes)
     tensor_size = len(dense) + nbytes + len(tail)
