@@ -145,16 +145,30 @@ class ClientConfig:
 
 
 def _unpickle_config(state: dict[str, Any]) -> ClientConfig:
-    key = _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
-    if key is None and state.get("credential_cmd"):
-        return ClientConfig(api_key=Secret(""), **state)
-    key = key or _stored_key(state["base_url"], state.get("dialect"))
-    if key is None:
+    key, command = credential_sources(
+        None, state["base_url"], state.get("dialect"), state.pop("credential_cmd", None))
+    if not key and not command:
         raise ConfigurationError(
             "This client was pickled without its API key (keys are never pickled). "
             "Set TINKER_API_KEY in the environment of the process that unpickles it."
         )
-    return ClientConfig(api_key=Secret(check_api_key(key, state["base_url"])), **state)
+    key = "" if command and not key else check_api_key(key or "", state["base_url"])
+    return ClientConfig(api_key=Secret(key), credential_cmd=command, **state)
+
+
+def credential_sources(
+    api_key: str | None, base_url: str, dialect: str | None, command: str | None = None
+) -> tuple[str | None, str | None]:
+    """(key, credential command) in the official SDK's order, unchecked: the argument,
+    ``TINKER_API_KEY`` (or ``TWINKLE_SERVER_TOKEN``), ``command`` or
+    ``TINKER_CREDENTIAL_CMD``, then the default key stored by its CLI."""
+    key = api_key if api_key is not None else (
+        _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
+    )
+    command = command or (None if key else _env("TINKER_CREDENTIAL_CMD"))
+    if not key and not command:
+        key = _stored_key(base_url, dialect)
+    return key, command
 
 
 def credentials_file() -> Path:
@@ -258,14 +272,7 @@ def resolve_config(
     if dialect is None and base_url is None and not _env("TINKER_BASE_URL") and twinkle_env:
         dialect = "twinkle"
     url = check_base_url(url)
-    # The official SDK's order: argument, TINKER_API_KEY, TINKER_CREDENTIAL_CMD, then the
-    # default key stored by its CLI.
-    key = api_key if api_key is not None else (
-        _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
-    )
-    command = options.pop("credential_cmd", None) or (None if key else _env("TINKER_CREDENTIAL_CMD"))
-    if not key and not command:
-        key = _stored_key(url, dialect)
+    key, command = credential_sources(api_key, url, dialect, options.pop("credential_cmd", None))
     key = "" if command and not key else check_api_key(key or "", url)
     max_retries = options.pop("max_retries", None)
     if max_retries is not None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from . import _proto, _sync
 from . import types as t
 from ._api_future import APIFuture
-from ._config import RetryPolicy
+from ._config import RetryPolicy, credential_sources
 from ._futures import PromiseExpired
 from ._sampler_handle import decode_handle, encode_handle, without_credentials
 from ._sync import LoopLock, homed
@@ -365,7 +365,6 @@ _live_services: weakref.WeakValueDictionary[tuple[str, str], ServiceClient] = (
 #: ServiceClients made to join a session in this process, by session and credential
 _shadows: weakref.WeakValueDictionary[tuple[Any, ...], ServiceClient] = (
     weakref.WeakValueDictionary())
-_KEY_VARIABLES = ("TINKER_API_KEY", "TWINKLE_SERVER_TOKEN", "TINKER_CREDENTIAL_CMD")
 
 
 def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None) -> SamplingClient:
@@ -378,9 +377,9 @@ def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None)
         # joining client per session and credential, however many copies are made (each
         # would otherwise bring a connection pool, and a JWT exchange, of its own).
         headers = state.get("default_headers") or {}
-        credential = api_key or next((os.environ[n] for n in _KEY_VARIABLES if os.environ.get(n)), "")
+        key, command = credential_sources(api_key, state["base_url"], state["dialect"])
         shadow_key = (state["base_url"], state["session_id"], state["dialect"],
-                      hashlib.sha256(credential.encode()).hexdigest(),
+                      hashlib.sha256(f"{key}\0{command}".encode()).hexdigest(),
                       tuple(sorted(headers.items())))
         service = _shadows.get(shadow_key)
         if service is None or service._closed:
