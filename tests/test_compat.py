@@ -130,6 +130,56 @@ def test_cookbook_async_patterns(fresh_server: LocalServer, api_key: str) -> Non
     assert len(out["done"]) == 1
 
 
+def test_result_inside_async_def_on_a_client_first_used_async(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    """The cookbook calls ``client.foo(...).result()`` inside ``async def`` on clients the
+    user first touched through ``_async`` methods (so the loop is their home). The official
+    SDK blocks and succeeds; so must we, keeping call order and the client's home."""
+
+    async def main() -> dict[str, Any]:
+        service_client = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+        training_client = await service_client.create_lora_training_client_async(MODEL, rank=4)
+        home = asyncio.get_running_loop()
+        tokenizer = training_client.get_tokenizer()
+        data = [sft_datum(tokenizer, "the quick brown fox")]
+        adam = tinker.AdamParams(learning_rate=1e-2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BlockingCallWarning)
+            # Pipelined: both submitted before either is read; order must hold.
+            fb = training_client.forward_backward(data, "cross_entropy")
+            opt = training_client.optim_step(adam)
+            first = opt.result(60)
+            fb_result = fb.result(60)
+            losses = [fb_result.metrics["loss:sum"]]
+            for _ in range(3):
+                fb = training_client.forward_backward(data, "cross_entropy")
+                training_client.optim_step(adam).result(60)
+                losses.append(fb.result(60).metrics["loss:sum"])
+            path = training_client.save_weights_for_sampler("w").result(60).path
+            sampler = service_client.create_sampling_client(model_path=path).result(60)
+            sampler2 = training_client.save_weights_and_get_sampling_client().result(60)
+            prompt = tinker.ModelInput.from_ints(tokenizer.encode("the"))
+            params = tinker.SamplingParams(max_tokens=3, temperature=0.0)
+            sampled = sampler.sample(prompt, 2, params).result(60)
+            sampled2 = sampler2.sample(prompt, 1, params).result(60)
+            runs = service_client.create_rest_client().list_training_runs().result(60)
+        # Async code goes on natively on its loop afterwards.
+        after = await training_client.forward_async(data, "cross_entropy")
+        fwd = await after
+        same_home = training_client._home.loop is home
+        await service_client.close_async()
+        return {"first": first, "losses": losses, "sampled": sampled, "sampled2": sampled2,
+                "runs": runs, "fwd": fwd, "same_home": same_home,
+                "model_id": training_client.model_id}
+
+    out = asyncio.run(main())
+    assert out["losses"][-1] < out["losses"][0]  # the steps really ran, in order
+    assert len(out["sampled"].sequences) == 2 and len(out["sampled2"].sequences) == 1
+    assert out["model_id"] in [r.training_run_id for r in out["runs"].training_runs]
+    assert out["fwd"].metrics["loss:sum"] > 0 and out["same_home"]
+
+
 def test_asyncio_run_several_times_with_one_client(fresh_server: LocalServer,
                                                    api_key: str) -> None:
     """Checkpoint helpers in the cookbook call asyncio.run repeatedly with the same clients."""

@@ -55,15 +55,46 @@ async def test_blocking_result_inside_running_loop_warns_once_and_works(
 
 
 @pytest.mark.anyio
-async def test_blocking_on_the_home_loop_refuses_instead_of_deadlocking(
+async def test_blocking_on_the_home_loop_runs_the_call_elsewhere(
     server: LocalServer, api_key: str
 ) -> None:
     client = RestClient(base_url=server.url, api_key=api_key)
     await client.list_training_runs_async()  # this loop becomes the client's home
     fut = client.list_training_runs()
-    with pytest.raises(RuntimeError, match="await"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BlockingCallWarning)
+        page = fut.result(30)  # blocks this loop, as the official SDK does; never raises
+    assert page.training_runs is not None
+    assert fut.done()
+    assert (await fut).training_runs == page.training_runs
+    # The home stayed: later async calls run on this loop with no thread hop.
+    assert client._home.loop is asyncio.get_running_loop()
+    assert (await client.list_training_runs_async()).training_runs is not None
+
+
+@pytest.mark.anyio
+async def test_blocking_on_work_already_running_on_its_loop_refuses_clearly(
+    server: LocalServer, api_key: str
+) -> None:
+    client = RestClient(base_url=server.url, api_key=api_key)
+    await client.list_training_runs_async()
+    fut = client.list_training_runs()
+    await asyncio.sleep(0)  # the loop starts the call: it now needs this loop to finish
+    with pytest.raises(RuntimeError, match="await future"):
         fut.result(5)
     assert (await fut).training_runs is not None
+
+
+@pytest.mark.anyio
+async def test_blocking_iterator_on_the_home_loop_works(
+    server: LocalServer, api_key: str
+) -> None:
+    client = RestClient(base_url=server.url, api_key=api_key)
+    first = await client.list_training_runs_async(limit=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BlockingCallWarning)
+        runs = list(client.iter_training_runs())
+    assert len(runs) == len(first.training_runs)
 
 
 def test_home_moves_when_its_loop_ends(server: LocalServer, api_key: str) -> None:

@@ -68,22 +68,32 @@ class APIFuture(Generic[T]):
     is raised by whichever of these reads the result.
     """
 
-    __slots__ = ("__weakref__", "_cf", "_loop", "_task")
+    __slots__ = ("__weakref__", "_cf", "_guest", "_loop", "_run_elsewhere", "_task")
 
     def __init__(
         self,
         cf: concurrent.futures.Future[T],
         loop: asyncio.AbstractEventLoop,
         task: asyncio.Future[T] | None = None,
+        run_elsewhere: Callable[[], concurrent.futures.Future[T] | None] | None = None,
     ) -> None:
         self._cf = cf
         self._loop = loop
         self._task = task
+        #: hands work not yet started on ``loop`` to another loop (for a blocking result()
+        #: on ``loop``'s own thread); None once it started there
+        self._run_elsewhere = run_elsewhere
+        self._guest: concurrent.futures.Future[T] | None = None
 
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def _from_task(cls, task: asyncio.Future[T], loop: asyncio.AbstractEventLoop) -> APIFuture[T]:
+    def _from_task(
+        cls,
+        task: asyncio.Future[T],
+        loop: asyncio.AbstractEventLoop,
+        run_elsewhere: Callable[[], concurrent.futures.Future[T] | None] | None = None,
+    ) -> APIFuture[T]:
         """Wrap a task of ``loop`` (called on that loop's thread)."""
         # ``cf`` stays pending until the task ends (as run_coroutine_threadsafe's does): a
         # running concurrent future can no longer be cancelled, so a cancelled task would
@@ -107,7 +117,7 @@ class APIFuture(Generic[T]):
 
         task.add_done_callback(copy_outcome)
         cf.add_done_callback(propagate_cancel)
-        return cls(cf, loop, task)
+        return cls(cf, loop, task, run_elsewhere)
 
     @classmethod
     def _from_threadsafe(
@@ -132,38 +142,51 @@ class APIFuture(Generic[T]):
         """Block until the result is ready and return it (or raise the work's error).
 
         Raises ``TimeoutError`` after ``timeout`` seconds; the work goes on (cancel it with
-        :meth:`cancel`). On the thread of the loop that runs the work this would deadlock,
-        so it raises ``RuntimeError`` unless the result is already there: use ``await``.
+        :meth:`cancel`). Inside a running event loop it blocks that loop (and warns once),
+        as the official SDK does. On the thread of the loop that runs the work, a call that
+        has not started yet runs on the background loop instead; one that already started
+        there cannot finish while its loop is blocked, so that raises ``RuntimeError``.
         """
-        if self._cf.done():
-            return self._cf.result()
+        cf = self._guest or self._cf
+        if cf.done():
+            return cf.result()
         running = _running_loop()
         if running is not None:
             if running is self._loop:
-                raise RuntimeError(
-                    "result() called on the event loop that runs this work: it would never "
-                    "finish. Use `await future` (or the `_async` method) here instead."
-                )
+                cf = self._to_guest()
             _warn_blocking_once()
-        try:
-            return self._cf.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"the result was not ready within {timeout} s") from None
+        return _wait(cf, timeout)
+
+    def _to_guest(self) -> concurrent.futures.Future[T]:
+        guest = self._run_elsewhere() if self._run_elsewhere is not None else None
+        if guest is None:
+            raise RuntimeError(
+                "result() was called on the thread of the event loop that is already running "
+                "this work, and it cannot finish while result() blocks that loop. Use "
+                "`await future` here (or call .result() before the loop runs the work, "
+                "right after the plain call, as the official SDK allows)."
+            )
+        self._guest = guest
+        return guest
 
     async def result_async(self, timeout: float | None = None) -> T:
         """Await the result. A ``timeout`` (seconds) cancels the work and raises TimeoutError."""
-        if self._cf.done():
-            return self._cf.result()
+        cf = self._guest or self._cf
+        if cf.done():
+            return cf.result()
         awaitable: asyncio.Future[T]
-        if self._task is not None and self._on_owner_thread():
+        if self._guest is None and self._task is not None and self._on_owner_thread():
             awaitable = self._task
         else:
-            awaitable = asyncio.wrap_future(self._cf)
+            awaitable = asyncio.wrap_future(cf)
         if timeout is None:
             return await awaitable
+        waiter = asyncio.ensure_future(awaitable)
         try:
-            return await asyncio.wait_for(awaitable, timeout)
+            return await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                raise  # the work's own timeout error (an APITimeoutError, say)
             raise TimeoutError(f"the result was not ready within {timeout} s") from None
 
     def __await__(self) -> Generator[Any, None, T]:
@@ -179,7 +202,7 @@ class APIFuture(Generic[T]):
 
     def done(self) -> bool:
         """True once the result (or an error) is there."""
-        return self._cf.done()
+        return self._cf.done() or (self._guest is not None and self._guest.done())
 
     def cancel(self) -> bool:
         """Cancel the work. Returns False if it had already finished."""
@@ -200,11 +223,11 @@ class APIFuture(Generic[T]):
         try:
             self.result(timeout)
         except (TimeoutError, RuntimeError) as exc:
-            if not self._cf.done():
+            if not self.done():
                 raise exc from None
         except BaseException:
             pass
-        return self._cf.exception(0)
+        return (self._guest or self._cf).exception(0)
 
     def add_done_callback(self, fn: Callable[[APIFuture[T]], object]) -> None:
         """Call ``fn(self)`` when done (on the thread that completes the work)."""
@@ -213,6 +236,18 @@ class APIFuture(Generic[T]):
     def __repr__(self) -> str:
         state = "done" if self._cf.done() else "pending"
         return f"<APIFuture {state}>"
+
+
+def _wait(cf: concurrent.futures.Future[T], timeout: float | None) -> T:
+    """``cf.result(timeout)``, telling the work's own TimeoutError (an APITimeoutError,
+    which on Python 3.11+ is a concurrent.futures.TimeoutError too) from running out of
+    ``timeout``."""
+    try:
+        return cf.result(timeout)
+    except concurrent.futures.TimeoutError:
+        if cf.done():
+            raise
+        raise TimeoutError(f"the result was not ready within {timeout} s") from None
 
 
 class ClientFuture(APIFuture[T]):

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._config import KEY_CHARS, ClientConfig, Secret
-from ._sync import LoopLock
+from ._loops import LoopLock
 from .errors import ConfigurationError
 
 __all__ = ["Credentials", "jwt_claims"]

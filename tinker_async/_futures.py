@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ._config import RetryPolicy
+from ._loops import in_guest_run
 from ._transport import PROTOBUF, Response, Transport
 from .errors import APIConnectionError, APIError, APIStatusError, RequestFailedError, TinkerError
 
@@ -228,16 +229,22 @@ class FuturePoller:
         self.max_concurrent_polls = max_concurrent_polls
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._guest_slots: asyncio.Semaphore | None = None
         self._sessions: dict[tuple[str, int], _SessionLongPoll] = {}
         self.polls_sent = 0
         transport.home.on_move(self._forget_loop_state)
 
     def _forget_loop_state(self) -> None:
-        self._slots = None
+        self._slots = self._guest_slots = None
         self._sessions = {}
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
+        if in_guest_run() and loop is not self._slots_loop:
+            # Guest runs (``_loops``) all happen on the background loop.
+            if self._guest_slots is None:
+                self._guest_slots = asyncio.Semaphore(self.max_concurrent_polls)
+            return self._guest_slots
         if self._slots is None or self._slots_loop is not loop:
             self._slots = asyncio.Semaphore(self.max_concurrent_polls)
             self._slots_loop = loop
@@ -258,7 +265,9 @@ class FuturePoller:
         ``sampling_session`` (id, clone id) routes the wait through that session's batch
         long-poll when the server offers one.
         """
-        if sampling_session is not None and self.transport.dialect.retrieve_futures:
+        # A guest run polls its own request: the session long-polls live on the home loop.
+        if (sampling_session is not None and self.transport.dialect.retrieve_futures
+                and not in_guest_run()):
             session = self._sessions.get(sampling_session)
             if session is None:
                 session = self._sessions[sampling_session] = _SessionLongPoll(self, *sampling_session)

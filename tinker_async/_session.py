@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
-from ._sync import LoopLock
+from ._loops import LoopLock, in_guest_run
 from ._transport import Transport
 from .errors import APIError, NotFoundError, SessionExpiredError
 
@@ -110,7 +110,9 @@ class Session:
                     await self.handshake()
                     self.id = await self._create()
                     self._pid = os.getpid()
-        if self._heartbeat is None and not self._closing:
+        # A guest run (``_loops``) is brief, on a loop that is not the home: the heartbeat
+        # starts with the next call on the home loop.
+        if self._heartbeat is None and not self._closing and not in_guest_run():
             self._heartbeat = asyncio.get_running_loop().create_task(
                 self._heartbeat_loop(), name="tinker-async-heartbeat"
             )

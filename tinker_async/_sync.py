@@ -22,164 +22,46 @@ the loop's next turn. A direct ``await foo_async()`` that follows it on the same
 must not overtake it (training seq ids are taken when a call starts), so such tasks are
 recorded in ``Home.pending`` and ``@homed`` lets them start first. That costs nothing when
 no plain call is pending.
+
+Blocking on the home thread: ``.result()`` on such a call's future before its task
+started hands it (and every plain call queued before it, in order) to the background
+loop as a guest run (see ``_loops``), and blocks until it is done, as the official SDK
+would. Work that already started on the home loop cannot finish while that loop is
+blocked; only then does ``.result()`` refuse, saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
+import concurrent.futures
 import functools
 import logging
 import os
-import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
-from . import _api_future
+from . import _api_future, _loops
 from ._api_future import APIFuture, ClientFuture
+from ._loops import Home, LoopLock, background_loop, in_guest_run, running_loop
 
-__all__ = ["Home", "background_loop", "call", "call_client", "call_flat", "homed", "iterate"]
+__all__ = [
+    "Home",
+    "LoopLock",
+    "background_loop",
+    "call",
+    "call_client",
+    "call_flat",
+    "homed",
+    "iterate",
+]
 
 log = logging.getLogger("tinker_async")
 
 T = TypeVar("T")
 P = ParamSpec("P")
 S = TypeVar("S", bound="HasHome")
-
-_pid = os.getpid()
-
-
-class _BackgroundLoop:
-    """One event loop in a daemon thread, started on first use."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-        self.thread = threading.Thread(
-            target=self._run, args=(started,), name="tinker-async-loop", daemon=True
-        )
-        self.thread.start()
-        started.wait()
-
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(started.set)
-        self.loop.run_forever()
-
-
-_background: _BackgroundLoop | None = None
-_background_lock = threading.Lock()
-
-
-def background_loop() -> asyncio.AbstractEventLoop:
-    """The process-wide background loop (started lazily, fresh after a fork)."""
-    global _background
-    bg = _background
-    if bg is None:
-        with _background_lock:
-            if _background is None:
-                _background = _BackgroundLoop()
-            bg = _background
-    return bg.loop
-
-
-def background_loop_if_started() -> asyncio.AbstractEventLoop | None:
-    """The background loop if this process has started it, else None (never starts it)."""
-    bg = _background
-    return bg.loop if bg is not None else None
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-class Home:
-    """The event loop a family of clients lives on, and what must follow it when it moves."""
-
-    __slots__ = ("__weakref__", "_move_hooks", "loop", "pending", "pid")
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.pid = _pid
-        #: plain calls made on the home thread whose tasks have not started yet
-        self.pending: collections.deque[object] = collections.deque()
-        self._move_hooks: list[Callable[[], None]] = []
-
-    def on_move(self, hook: Callable[[], None]) -> None:
-        """Run ``hook()`` (synchronously, on the new loop's thread) whenever the home moves."""
-        self._move_hooks.append(hook)
-
-    def is_home(self, loop: asyncio.AbstractEventLoop) -> bool:
-        return self.loop is loop and self.pid == _pid
-
-    def _usable(self) -> bool:
-        loop = self.loop
-        return (
-            loop is not None
-            and self.pid == _pid
-            and not loop.is_closed()
-            and loop.is_running()
-        )
-
-    def _move(self, loop: asyncio.AbstractEventLoop) -> None:
-        moved = self.loop is not None
-        self.loop = loop
-        self.pid = _pid
-        self.pending = collections.deque()
-        if moved:
-            log.debug("client home moved to a new event loop")
-        for hook in self._move_hooks:
-            hook()
-
-    def claim(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Make ``loop`` the home if there is no usable one. True if ``loop`` is the home."""
-        if self.is_home(loop):
-            return True
-        if self._usable():
-            return False
-        self._move(loop)
-        return True
-
-    def loop_for_sync(self) -> asyncio.AbstractEventLoop:
-        """The loop a plain call should run on: the home, or the background loop."""
-        if self._usable():
-            assert self.loop is not None
-            return self.loop
-        loop = background_loop()
-        if self.is_home(loop):
-            return loop
-        if loop is _running_loop():
-            self._move(loop)
-        else:
-            # Move on the loop's own thread: hooks touch loop-bound state.
-            asyncio.run_coroutine_threadsafe(_call_on_loop(self._move, loop), loop).result()
-        return loop
-
-
-async def _call_on_loop(fn: Callable[[asyncio.AbstractEventLoop], None], loop: Any) -> None:
-    fn(loop)
-
-
-class LoopLock:
-    """An ``asyncio.Lock`` for the running loop, remade when the loop changes (a client's
-    home moves when its loop ends, and a lock cannot outlive its loop)."""
-
-    __slots__ = ("_lock", "_loop")
-
-    def __init__(self) -> None:
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def __call__(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            self._lock, self._loop = asyncio.Lock(), loop
-        return self._lock
 
 
 class HasHome(Protocol):
@@ -195,11 +77,11 @@ def homed(
     async def on_home(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
         home = self._home
         loop = asyncio.get_running_loop()
-        if home.loop is loop and home.pid == _pid:
+        if home.loop is loop and home.pid == _loops.current_pid():
             if home.pending:
                 await _let_pending_start(home)
             return await fn(self, *args, **kwargs)
-        if home.claim(loop):
+        if in_guest_run() or home.claim(loop):
             return await fn(self, *args, **kwargs)
         assert home.loop is not None
         inner = asyncio.run_coroutine_threadsafe(fn(self, *args, **kwargs), home.loop)
@@ -218,12 +100,51 @@ async def _let_pending_start(home: Home) -> None:
         await asyncio.sleep(0)
 
 
-async def _started(home: Home, token: object, coro: Awaitable[T]) -> T:
+class _Deferred:
+    """A plain call made on its home thread, until its task starts it.
+
+    Its coroutine runs in that task, unless a blocking ``.result()`` on the home thread
+    hands it to the background loop first (``guest`` is then that run's future, and the
+    task only waits for it).
+    """
+
+    __slots__ = ("coro", "guest", "started")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+        self.started = False
+        self.guest: concurrent.futures.Future[Any] | None = None
+
+
+async def _started(home: Home, slot: _Deferred) -> Any:
     try:
-        home.pending.remove(token)
-    except ValueError:  # the home moved meanwhile; its queue was replaced
+        home.pending.remove(slot)
+    except ValueError:  # the home moved meanwhile, or a guest run took it
         pass
-    return await coro
+    if slot.guest is not None:
+        return await asyncio.wrap_future(slot.guest)
+    slot.started = True
+    return await slot.coro
+
+
+def _run_as_guests(home: Home, slot: _Deferred) -> concurrent.futures.Future[Any] | None:
+    """Hand ``slot`` and every plain call queued before it to the background loop, in
+    call order (so training seq ids keep it). None if ``slot`` already started here."""
+    if slot.started:
+        return None
+    if slot.guest is None:
+        queued = list(home.pending)
+        ahead = queued[: queued.index(slot) + 1] if slot in queued else [slot]
+        loop = background_loop()
+        for earlier in ahead:
+            if earlier.guest is None and not earlier.started:
+                earlier.guest = asyncio.run_coroutine_threadsafe(
+                    _loops.guest_run(earlier.coro), loop)
+            try:
+                home.pending.remove(earlier)
+            except ValueError:
+                pass
+    return slot.guest
 
 
 def call(
@@ -232,11 +153,11 @@ def call(
     """Start ``coro`` (a client ``foo_async`` call) now and return its APIFuture."""
     home = client._home
     loop = home.loop_for_sync()
-    if _running_loop() is loop:
-        token = object()
-        home.pending.append(token)
-        task = loop.create_task(_started(home, token, coro))
-        return future_type._from_task(task, loop)
+    if running_loop() is loop:
+        slot = _Deferred(coro)
+        home.pending.append(slot)
+        task = loop.create_task(_started(home, slot))
+        return future_type._from_task(task, loop, functools.partial(_run_as_guests, home, slot))
     return future_type._from_threadsafe(coro, loop)
 
 
@@ -258,16 +179,19 @@ def call_flat(client: HasHome, coro: Coroutine[Any, Any, APIFuture[T]]) -> APIFu
 
 
 def iterate(client: HasHome, agen: AsyncIterator[T]) -> Iterator[T]:
-    """Drive an async iterator of ``client`` from sync code, one item at a time."""
+    """Drive an async iterator of ``client`` from sync code, one item at a time.
+
+    On the home loop's own thread (which this blocks), each step runs as a guest on the
+    background loop.
+    """
     loop = client._home.loop_for_sync()
-    if _running_loop() is loop:
-        raise RuntimeError(
-            "A blocking iterator cannot run on the event loop it needs; "
-            "use the `aiter_...` form with `async for` here."
-        )
+    guest = running_loop() is loop
+    if guest:
+        loop = background_loop()
     while True:
+        step = _loops.guest_run(_anext(agen)) if guest else _anext(agen)
         try:
-            yield asyncio.run_coroutine_threadsafe(_anext(agen), loop).result()
+            yield asyncio.run_coroutine_threadsafe(step, loop).result()
         except StopAsyncIteration:
             return
 
@@ -305,12 +229,7 @@ def _close_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _background, _background_lock
-    _pid = os.getpid()
-    _background = None
-    _background_lock = threading.Lock()
     _api_future._reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-

@@ -31,11 +31,11 @@ import backoff
 import msgspec
 from multidict import CIMultiDict
 
-from . import _sync
+from . import _loops, _sync
 from ._auth import Credentials
 from ._config import PROTOCOL_SDK_VERSION, ClientConfig, RetryPolicy
 from ._dialect import Dialect
-from ._sync import Home
+from ._loops import Home
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -250,6 +250,8 @@ class Transport:
         self.home = home
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        #: the pool of guest runs (``_loops``), on the background loop beside the home's
+        self._guest_session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._base_headers = self._build_base_headers()
         self.credentials = Credentials(config, self._exchange)
@@ -322,38 +324,51 @@ class Transport:
             )
         return t
 
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.connection_limit,
+            limit_per_host=0,
+            keepalive_timeout=30.0,
+            ttl_dns_cache=300,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            # Sent on every request; aiohttp merges them in C, cheaper than per call.
+            headers=self._base_headers,
+            timeout=self._timeout(self.config.timeout),
+            auto_decompress=True,
+            raise_for_status=False,
+            skip_auto_headers=("Content-Type",),
+        )
+        # A client dropped without close(): close its pool on its own loop, quietly.
+        # Not at exit: ServiceClients still have a session to finish then.
+        weakref.finalize(self, _close_soon, session, asyncio.get_running_loop()).atexit = False
+        return session
+
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session_loop is not loop or self._session.closed:
-            self._abandon_session()
-            connector = aiohttp.TCPConnector(
-                limit=self.config.connection_limit,
-                limit_per_host=0,
-                keepalive_timeout=30.0,
-                ttl_dns_cache=300,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                # Sent on every request; aiohttp merges them in C, cheaper than per call.
-                headers=self._base_headers,
-                timeout=self._timeout(self.config.timeout),
-                auto_decompress=True,
-                raise_for_status=False,
-                skip_auto_headers=("Content-Type",),
-            )
-            self._session_loop = loop
-            # A client dropped without close(): close its pool on its own loop, quietly.
-            # Not at exit: ServiceClients still have a session to finish then.
-            weakref.finalize(self, _close_soon, self._session, loop).atexit = False
-            # A loop that ends (asyncio.run returning) cancels its tasks: the keeper closes
-            # the pool then, on its own loop, so nothing is left unclosed. (The background
-            # loop lives until exit, where _close_at_exit does this.)
-            if loop is not _sync.background_loop_if_started():
-                keeper = loop.create_task(_keep_until_loop_ends(self._session),
-                                          name="tinker-async-keeper")
-                _keepers.add(keeper)
-                keeper.add_done_callback(_keepers.discard)
+        if self._session is not None and self._session_loop is loop and not self._session.closed:
+            return self._session
+        if _loops.in_guest_run():
+            return self._guest_pool()
+        self._abandon_session()
+        self._session = self._new_session()
+        self._session_loop = loop
+        # A loop that ends (asyncio.run returning) cancels its tasks: the keeper closes
+        # the pool then, on its own loop, so nothing is left unclosed. (The background
+        # loop lives until exit, where _close_at_exit does this.)
+        if loop is not _loops.background_loop_if_started():
+            keeper = loop.create_task(_keep_until_loop_ends(self._session),
+                                      name="tinker-async-keeper")
+            _keepers.add(keeper)
+            keeper.add_done_callback(_keepers.discard)
         return self._session
+
+    def _guest_pool(self) -> aiohttp.ClientSession:
+        # Guest runs happen on the background loop only, which lives until exit.
+        if self._guest_session is None or self._guest_session.closed:
+            self._guest_session = self._new_session()
+        return self._guest_session
 
     def _abandon_session(self) -> None:
         """Drop the session of a loop we left; it is closed if its loop still runs here."""
@@ -366,11 +381,13 @@ class Transport:
     _exit_order = 1
 
     def _close_at_exit(self) -> None:
-        session, loop = self._session, self._session_loop
-        if session is None or session.closed or loop is None or not loop.is_running():
+        background = _loops.background_loop_if_started()
+        if background is None or not background.is_running():
             return
-        if loop is _sync.background_loop_if_started():
-            asyncio.run_coroutine_threadsafe(session.close(), loop).result(2.0)
+        for session, loop in ((self._session, self._session_loop),
+                              (self._guest_session, background)):
+            if session is not None and not session.closed and loop is background:
+                asyncio.run_coroutine_threadsafe(session.close(), loop).result(2.0)
 
     async def aclose(self) -> None:
         """Close for good: later requests raise ClientClosedError."""
@@ -386,6 +403,13 @@ class Transport:
                 await session.close()
             else:
                 _orphans.append(session)
+        guest, self._guest_session = self._guest_session, None
+        background = _loops.background_loop_if_started()
+        if guest is not None and not guest.closed and background is not None:
+            if background is asyncio.get_running_loop():
+                await guest.close()
+            else:
+                _close_soon(guest, background)
 
     # -- requests ---------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from ._api_future import APIFuture
 from ._auth import jwt_claims
 from ._config import NO_RETRY, resolve_config
 from ._dialect import make_dialect
-from ._sync import Home, homed
+from ._loops import Home
+from ._sync import homed
 from ._transport import Transport
 from .errors import APIError, ConfigurationError, InvalidRequestError, NotFoundError
 from .paths import ParsedCheckpointTinkerPath, parse_checkpoint_path

@@ -33,8 +33,9 @@ from . import types as t
 from ._api_future import APIFuture
 from ._config import RetryPolicy, credential_sources
 from ._futures import PromiseExpired
+from ._loops import LoopLock
 from ._sampler_handle import decode_handle, encode_handle, without_credentials
-from ._sync import LoopLock, homed
+from ._sync import homed
 from ._transport import Response
 from ._validate import check_sampling
 from .errors import APIError, InvalidRequestError

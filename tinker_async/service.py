@@ -20,8 +20,9 @@ from ._api_future import APIFuture, ClientFuture
 from ._config import resolve_config
 from ._dialect import make_dialect
 from ._futures import FuturePoller
+from ._loops import Home
 from ._session import FinishStatus, Session
-from ._sync import Home, homed
+from ._sync import homed
 from ._transport import Transport
 from .errors import APIError, ClientClosedError, InvalidRequestError
 from .paths import parse_checkpoint_path

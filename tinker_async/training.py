@@ -36,6 +36,7 @@ import numpy as np
 from . import _chunking, _proto, _sync
 from . import types as t
 from ._api_future import APIFuture, ClientFuture
+from ._loops import in_guest_run
 from ._sync import homed
 from ._transport import PROTOBUF, Response
 from ._validate import check_checkpoint_name, check_forward_backward, check_optim_params
@@ -71,6 +72,8 @@ class _Sequencer:
         self._waiters: dict[int, asyncio.Future[None]] = {}
         #: places given up before their turn came (a call cancelled while it waited)
         self._skipped: set[int] = set()
+        #: places taken by guest runs (``_loops``), which run on the background loop
+        self._guest_tickets: set[int] = set()
         self.next_seq = first_seq
         self.broken: BaseException | None = None
         self._pid = os.getpid()
@@ -94,9 +97,13 @@ class _Sequencer:
         with self._lock:
             start = self._next_ticket
             self._next_ticket += count
+        if in_guest_run():
+            self._guest_tickets.update(range(start, start + count))
         return range(start, start + count)
 
     async def wait_turn(self, ticket: int) -> None:
+        if self._turn < ticket and ticket in self._guest_tickets:
+            self._check_guest_can_wait(ticket)
         if self._turn < ticket:
             fut = asyncio.get_running_loop().create_future()
             self._waiters[ticket] = fut
@@ -109,8 +116,21 @@ class _Sequencer:
         if self.broken is not None:
             raise TinkerError("This TrainingClient is broken; see the earlier error") from self.broken
 
+    def _check_guest_can_wait(self, ticket: int) -> None:
+        """A guest run can wait only for other guest runs: an earlier call that started on
+        the home loop cannot finish while that loop is blocked in ``.result()``."""
+        self._guest_tickets.discard(ticket)
+        earlier = range(self._turn, ticket)
+        if any(t not in self._guest_tickets and t not in self._skipped for t in earlier):
+            raise RuntimeError(
+                "result() was called on the thread of the event loop that runs this "
+                "TrainingClient's earlier calls, which must finish first and cannot while "
+                "result() blocks that loop. Use `await future` here instead."
+            )
+
     def advance(self, to_ticket: int) -> None:
         """Let the call holding ``to_ticket`` go next."""
+        self._guest_tickets.discard(to_ticket)
         while to_ticket in self._skipped:
             self._skipped.discard(to_ticket)
             to_ticket += 1
