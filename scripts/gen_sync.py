@@ -10,7 +10,9 @@ gets a twin ``def foo(self, ...)`` with the same parameters, written between the
 
 - ``foo_async -> APIFuture[T]`` (queued training ops) gives ``foo -> APIFuture[T]``
   through ``_sync.call_flat``;
-- ``foo_async -> T`` gives ``foo -> APIFuture[T]`` through ``_sync.call``.
+- ``foo_async -> T`` gives ``foo -> APIFuture[T]`` through ``_sync.call``;
+- the few listed in ``BLOCKING`` (where the official SDK's plain form blocks and returns
+  the value) give ``foo -> T``.
 
 The output is checked in, so type checkers and IDEs see both forms with real signatures,
 and tracing code can still replace either with ``setattr`` on the class. CI runs
@@ -30,6 +32,8 @@ BEGIN = "# --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
 END = "# --- END GENERATED SYNC FORMS ---"
 #: Results that are clients get a ClientFuture, which also forwards to the client (old code).
 CLIENT_TYPES = {"TrainingClient", "SamplingClient"}
+#: Sync forms that block and return the value, because the official SDK's do.
+BLOCKING = {("ServiceClient", "get_server_capabilities_async")}
 
 
 def _call_args(args: ast.arguments) -> str:
@@ -44,9 +48,29 @@ def _call_args(args: ast.arguments) -> str:
     return ", ".join(parts)
 
 
-def _sync_form(fn: ast.AsyncFunctionDef, indent: str) -> str:
+def _summary(fn: ast.AsyncFunctionDef) -> list[str]:
+    """The first paragraph of the docstring (whole sentences, not just its first line)."""
+    doc = (ast.get_docstring(fn) or "").strip()
+    first = doc.split("\n\n")[0].splitlines() if doc else []
+    return [line.strip() for line in first] or [f"Sync form of {fn.name}."]
+
+
+def _sync_form(fn: ast.AsyncFunctionDef, indent: str, owner: str) -> str:
     name = fn.name.removesuffix("_async")
     returns = ast.unparse(fn.returns) if fn.returns else "Any"
+    summary = _summary(fn)
+    if (owner, fn.name) in BLOCKING:
+        body = [
+            f"def {name}({ast.unparse(fn.args)}) -> {returns}:",
+            f'    """{summary[0]}',
+            *(f"    {line}" for line in summary[1:]),
+            "",
+            f"    Sync form of :meth:`{fn.name}`; blocks until done and returns the value (as",
+            "    the official SDK's does).",
+            '    """',
+            f"    return _sync.call(self, self.{fn.name}({_call_args(fn.args)})).result()",
+        ]
+        return "\n".join(indent + line if line else "" for line in body)
     if returns.startswith("APIFuture["):
         runner, sync_returns = "_sync.call_flat", returns
     elif returns in CLIENT_TYPES:
@@ -54,11 +78,10 @@ def _sync_form(fn: ast.AsyncFunctionDef, indent: str) -> str:
     else:
         runner, sync_returns = "_sync.call", f"APIFuture[{returns}]"
     params = ast.unparse(fn.args)
-    doc = (ast.get_docstring(fn) or "").strip().splitlines()
-    summary = doc[0] if doc else f"Sync form of {fn.name}."
     body = [
         f"def {name}({params}) -> {sync_returns}:",
-        f'    """{summary}',
+        f'    """{summary[0]}',
+        *(f"    {line}" for line in summary[1:]),
         "",
         f"    Sync form of :meth:`{fn.name}`: starts the call now and returns an APIFuture",
         "    (``.result(timeout)`` blocks; ``await`` it in async code).",
@@ -99,7 +122,7 @@ def generate(source: str) -> str:
             and not lineno < n.lineno <= j + 1  # not a previous run's output
         }
         forms = [
-            _sync_form(n, indent)
+            _sync_form(n, indent, owner.name)
             for n in owner.body
             if isinstance(n, ast.AsyncFunctionDef)
             and n.name.endswith("_async")

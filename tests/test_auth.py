@@ -51,7 +51,7 @@ def test_jwt_mode_exchanges_the_key_once_and_sends_the_jwt(jwt_server: LocalServ
         rest = service.create_rest_client()
         assert rest.list_training_runs().result(10).training_runs == []
         # whoami reads the JWT the server gave (the key itself is not a JWT).
-        assert rest.whoami().email == "local@localhost"
+        assert rest.whoami().result(10).email == "local@localhost"
     assert _statuses(jwt_server, "/auth/token") == [200]
     assert all(r.status is None or r.status < 400 for r in jwt_server.requests), [
         (r.path, r.status) for r in jwt_server.requests]

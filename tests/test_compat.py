@@ -63,7 +63,7 @@ def test_official_sync_script_pattern(fresh_server: LocalServer, api_key: str) -
     result = future.result()
     assert len(result.sequences) == 2
     assert isinstance(tokenizer.decode(result.sequences[0].tokens), str)
-    capabilities = service_client.get_server_capabilities().result()
+    capabilities = service_client.get_server_capabilities()  # the value, as the official SDK
     assert MODEL in [m.model_name for m in capabilities.supported_models]
     rest_client = service_client.create_rest_client()
     assert rest_client.get_training_run(training_client.model_id).result().lora_rank == 4

@@ -45,6 +45,7 @@ from .errors import (
     SessionExpiredError,
     TinkerError,
     UnprocessableEntityError,
+    UnsupportedByServerError,
 )
 
 # Everything else loads on first use (PEP 562): `import tinker_async` stays cheap for
@@ -56,10 +57,12 @@ if TYPE_CHECKING:
     from ._api_future import ClientFuture as BackcompatSamplingClientFuture
     from ._api_future import ClientFuture as BackcompatTrainingClientFuture
     from ._config import RetryPolicy
+    from ._futures import QueueState
     from .paths import InvalidPathError
     from .rest import AdminClient, RestClient
     from .sampling import SamplingClient
     from .service import ServiceClient
+    from .telemetry import Telemetry
     from .training import TrainingClient
     from .types import (
         AdamOptimizerConfig,
@@ -103,6 +106,8 @@ _LAZY: dict[str, str] = {
     "BackcompatSamplingClientFuture": "._api_future",
     "BackcompatTrainingClientFuture": "._api_future",
     "RetryPolicy": "._config",
+    "QueueState": "._futures",
+    "Telemetry": ".telemetry",
     "InvalidPathError": ".paths",
     "AdminClient": ".rest",
     "RestClient": ".rest",
@@ -189,6 +194,7 @@ __all__ = [
     "ParsedCheckpointTinkerPath",
     "PermissionDeniedError",
     "PromptProvenanceSpan",
+    "QueueState",
     "RateLimitError",
     "RequestFailedError",
     "RestClient",
@@ -204,10 +210,12 @@ __all__ = [
     "StopReason",
     "TensorData",
     "TensorDtype",
+    "Telemetry",
     "TinkerError",
     "TrainingClient",
     "TrainingRun",
     "UnprocessableEntityError",
+    "UnsupportedByServerError",
     "__version__",
     "install_as_tinker",
     "types",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from ._loops import in_guest_run
 from ._transport import PROTOBUF, Response, Transport
 from .errors import APIConnectionError, APIError, APIStatusError, RequestFailedError, TinkerError
 
-__all__ = ["FuturePoller", "PromiseExpired"]
+__all__ = ["FuturePoller", "PromiseExpired", "QueueState", "QueueStateObserver"]
 
 log = logging.getLogger("tinker_async")
 T = TypeVar("T")
@@ -57,6 +58,39 @@ _DIRECT_FETCH_MAX = 4
 _BATCH_TARGET = 12
 _REARM_MIN_S = 0.005
 _REARM_MAX_S = 0.05
+
+
+class QueueState(enum.Enum):
+    """What a server's ``try_again`` answer says of the queue a request waits in."""
+
+    ACTIVE = "active"
+    PAUSED_CAPACITY = "paused_capacity"
+    PAUSED_RATE_LIMIT = "paused_rate_limit"
+    UNKNOWN = "unknown"
+
+
+QueueStateObserver = Callable[[QueueState, "str | None"], None]
+
+
+def _report_queue_state(resp: Response, observer: QueueStateObserver) -> None:
+    """Tell ``observer`` the queue state a not-ready answer carries (if it carries one)."""
+    if resp.is_protobuf:
+        return
+    try:
+        data = resp.json()
+    except ValueError:
+        return
+    if not isinstance(data, dict) or "queue_state" not in data:
+        return
+    try:
+        state = QueueState(data["queue_state"])
+    except ValueError:
+        state = QueueState.UNKNOWN
+    reason = data.get("queue_state_reason")
+    try:
+        observer(state, reason if isinstance(reason, str) else None)
+    except Exception:  # an observer's bug must not fail the request it watches
+        log.exception("queue-state observer failed")
 
 
 class PromiseExpired(TinkerError):
@@ -259,11 +293,13 @@ class FuturePoller:
         protobuf: bool = False,
         sampling_session: tuple[str, int] | None = None,
         submitted_at: float | None = None,
+        on_queue_state: QueueStateObserver | None = None,
     ) -> T:
         """Wait for ``request_id`` and decode its result (``decode`` gets the response).
 
         ``sampling_session`` (id, clone id) routes the wait through that session's batch
-        long-poll when the server offers one.
+        long-poll when the server offers one. ``on_queue_state`` hears the queue state of
+        every ``try_again`` answer.
         """
         # A guest run polls its own request: the session long-polls live on the home loop.
         if (sampling_session is not None and self.transport.dialect.retrieve_futures
@@ -284,7 +320,7 @@ class FuturePoller:
                         raise
                 try:
                     return await self._poll(request_id, request_type, decode, protobuf,
-                                            submitted_at)
+                                            submitted_at, on_queue_state)
                 finally:
                     if direct:
                         session.mark_fetched(request_id)
@@ -292,7 +328,8 @@ class FuturePoller:
                         session.mark_retrieved(request_id)
             finally:
                 session.in_flight -= 1
-        return await self._poll(request_id, request_type, decode, protobuf, submitted_at)
+        return await self._poll(request_id, request_type, decode, protobuf, submitted_at,
+                                on_queue_state)
 
     async def _poll(
         self,
@@ -301,6 +338,7 @@ class FuturePoller:
         decode: Callable[[Response], T],
         protobuf: bool,
         submitted_at: float | None,
+        on_queue_state: QueueStateObserver | None = None,
     ) -> T:
         headers = {
             "X-Tinker-Request-Type": request_type,
@@ -332,6 +370,8 @@ class FuturePoller:
                 outcome = self._interpret(resp, request_id)
                 if outcome is not None:
                     return decode(outcome)
+            if on_queue_state is not None and resp.status in (200, 408):
+                _report_queue_state(resp, on_queue_state)
             # Not ready. A server that held the poll can be asked again at once; one that
             # answered at once gets a short, growing pause instead of a busy loop.
             if time.monotonic() - started < _FAST_ANSWER_S:

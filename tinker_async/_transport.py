@@ -431,6 +431,7 @@ class Transport:
         ok_statuses: frozenset[int] = frozenset(),
         idempotency_key: bool = True,
         authenticate: bool = True,
+        follow_redirects: bool = True,
     ) -> Response:
         """Send one logical request, retrying per ``retry``; return the response or raise.
 
@@ -438,7 +439,8 @@ class Transport:
         polling); they are returned instead of raised or retried. Non-GET requests carry an
         ``X-Idempotency-Key`` (the same on every retry) unless ``idempotency_key=False``,
         for POSTs that only read (polls). ``authenticate=False`` sends no credential of its
-        own (the token exchange passes the key in ``headers``).
+        own (the token exchange passes the key in ``headers``). ``follow_redirects=False``
+        returns a redirect itself (its ``Location`` is the answer).
         """
         policy = retry or self.config.retry
         url = self.url(endpoint)
@@ -474,7 +476,8 @@ class Transport:
                 sent_credential = self.credentials.current()
                 req_headers.update(self._auth_header())
             try:
-                response = await self._send(method, url, req_headers, body, params, read_timeout)
+                response = await self._send(method, url, req_headers, body, params, read_timeout,
+                                            follow_redirects)
             except APIError as exc:
                 error: APIError = exc
             else:
@@ -526,13 +529,15 @@ class Transport:
         body: bytes | memoryview | None,
         params: Mapping[str, str | int] | None,
         timeout: aiohttp.ClientTimeout,
+        follow_redirects: bool = True,
     ) -> Response:
         if self.closed:
             raise ClientClosedError("This client is closed; create a new one.")
         session = self.session()
         try:
             async with session.request(
-                method, url, data=body, params=params, headers=headers, timeout=timeout
+                method, url, data=body, params=params, headers=headers, timeout=timeout,
+                allow_redirects=follow_redirects,
             ) as resp:
                 data = await resp.read()
                 return Response(resp.status, resp.headers, data)

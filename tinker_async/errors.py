@@ -35,6 +35,7 @@ __all__ = [
     "SessionExpiredError",
     "TinkerError",
     "UnprocessableEntityError",
+    "UnsupportedByServerError",
     "status_error_class",
 ]
 
@@ -145,6 +146,11 @@ class PermissionDeniedError(APIStatusError):
 
 class NotFoundError(APIStatusError):
     """HTTP 404."""
+
+
+class UnsupportedByServerError(NotFoundError):
+    """The server lacks the endpoint a call needs (an API it predates, or one it dropped).
+    The message names what to use instead."""
 
 
 class ConflictError(APIStatusError):

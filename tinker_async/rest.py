@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -30,8 +31,16 @@ from ._dialect import make_dialect
 from ._loops import Home
 from ._sync import homed
 from ._transport import Transport
-from .errors import APIError, ConfigurationError, InvalidRequestError, NotFoundError
+from .errors import (
+    APIError,
+    ConfigurationError,
+    InvalidRequestError,
+    NotFoundError,
+    UnsupportedByServerError,
+)
 from .paths import ParsedCheckpointTinkerPath, parse_checkpoint_path
+from .telemetry import Telemetry
+from .types._archive import CheckpointArchiveUrlResponse
 
 __all__ = ["AdminClient", "RestClient"]
 
@@ -57,6 +66,10 @@ def _page_args(limit: int, offset: int) -> dict[str, int]:
     if not isinstance(offset, int) or offset < 0:
         raise InvalidRequestError(f"offset must be an int >= 0, got {offset!r}")
     return {"limit": limit, "offset": offset}
+
+
+def _no_session() -> None:
+    return None
 
 
 class _RestBase:
@@ -86,6 +99,8 @@ class _RestBase:
             if base_url is not None or api_key is not None:
                 raise ConfigurationError("Pass either a client to share, or base_url/api_key")
             self._home, self._transport = _holder._home, _holder._transport
+            shared = getattr(_holder, "_telemetry", None)
+            self._telemetry = shared if isinstance(shared, Telemetry) else Telemetry(_no_session)
             return
         config = resolve_config(
             base_url=base_url, api_key=api_key, dialect=dialect, route_prefix=route_prefix,
@@ -95,6 +110,11 @@ class _RestBase:
         self._transport = Transport(
             config, make_dialect(config.dialect, config.route_prefix), self._home
         )
+        self._telemetry = Telemetry(_no_session)
+
+    def get_telemetry(self) -> Telemetry:
+        """This client's local event log (the official surface; nothing is sent)."""
+        return self._telemetry
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._transport.config.base_url!r})"
@@ -156,6 +176,23 @@ _R = TypeVar("_R", bound=_RestBase)
 
 class _TwinkleWeightsInfo(msgspec.Struct):
     weights_info: t.WeightsInfoResponse
+
+
+#: how long an archive URL lasts when the server does not say (the old SDK assumed this)
+_ARCHIVE_URL_DEFAULT_TTL = dt.timedelta(minutes=15)
+
+
+def _expiry(headers: Mapping[str, str]) -> dt.datetime:
+    """The ``Expires`` header as an aware datetime, else 15 minutes from now."""
+    value = headers.get("Expires")
+    if value:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is not None:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.now(dt.timezone.utc) + _ARCHIVE_URL_DEFAULT_TTL
 
 
 def _checkpoint(path: str) -> tuple[ParsedCheckpointTinkerPath, str]:
@@ -381,6 +418,55 @@ class RestClient(_RestBase):
         return await self._json("GET", rest_path + "/external_weights_urls", t.ExternalWeightsUrlsResponse)
 
     @homed
+    async def get_checkpoint_archive_url_async(
+        self, training_run_id: str, checkpoint_id: str
+    ) -> CheckpointArchiveUrlResponse:
+        """A signed URL of a tar archive of one checkpoint, and when it expires.
+
+        The archive endpoint is the API before SDK 0.38; servers built for 0.38 and later
+        lack it, and this raises :class:`UnsupportedByServerError` naming the way that
+        works there (export with ``TrainingClient.save_weights_external`` and fetch the
+        files from :meth:`get_external_weights_urls`). An unknown checkpoint is a plain
+        :class:`NotFoundError`.
+        """
+        run = _id("training_run_id", training_run_id)
+        ckpt = _id("checkpoint_id", checkpoint_id, slash_ok=True)
+        return await self._archive_url(training_run_id, checkpoint_id,
+                                       f"training_runs/{run}/checkpoints/{ckpt}/archive")
+
+    @homed
+    async def get_checkpoint_archive_url_from_tinker_path_async(
+        self, tinker_path: str
+    ) -> CheckpointArchiveUrlResponse:
+        """:meth:`get_checkpoint_archive_url` for the checkpoint at a ``tinker://`` path."""
+        parsed, rest_path = _checkpoint(tinker_path)
+        return await self._archive_url(parsed.training_run_id, parsed.checkpoint_id,
+                                       rest_path + "/archive")
+
+    async def _archive_url(
+        self, training_run_id: str, checkpoint_id: str, endpoint: str
+    ) -> CheckpointArchiveUrlResponse:
+        # The answer is a redirect to the archive itself: read its Location, do not follow.
+        try:
+            resp = await self._transport.request("GET", endpoint, follow_redirects=False)
+        except NotFoundError as exc:
+            listed = await self.list_checkpoints_async(training_run_id)
+            if not any(c.checkpoint_id == checkpoint_id for c in listed.checkpoints):
+                raise
+            raise UnsupportedByServerError(
+                f"{self._transport.config.base_url} has no checkpoint archive endpoint (it "
+                "was dropped from the Tinker API with SDK 0.38). Export the weights with "
+                "TrainingClient.save_weights_external(...) and download the files from "
+                "RestClient.get_external_weights_urls(path).",
+                status_code=404, method="GET", url=exc.url, request_id=exc.request_id,
+            ) from None
+        location = resp.headers.get("Location")
+        if resp.status not in (301, 302, 303, 307, 308) or not location:
+            raise APIError(f"the archive endpoint answered HTTP {resp.status} without a "
+                           "redirect to the archive", method="GET", url=self._transport.url(endpoint))
+        return CheckpointArchiveUrlResponse(url=location, expires=_expiry(resp.headers))
+
+    @homed
     async def get_weights_info_by_tinker_path_async(self, tinker_path: str) -> t.WeightsInfoResponse:
         """Base model, LoRA rank and flags of saved weights."""
         parse_checkpoint_path(tinker_path)
@@ -499,7 +585,8 @@ class RestClient(_RestBase):
         )
         return result.cleaned_count
 
-    def whoami(self) -> t.WhoamiResponse:
+    @homed
+    async def whoami_async(self) -> t.WhoamiResponse:
         """Who the credential belongs to, read from the JWT itself (no request is made)."""
         claims = jwt_claims(self._transport.credentials.current())
         if claims is None:
@@ -701,6 +788,22 @@ class RestClient(_RestBase):
         """
         return _sync.call(self, self.get_external_weights_urls_async(tinker_path))
 
+    def get_checkpoint_archive_url(self, training_run_id: str, checkpoint_id: str) -> APIFuture[CheckpointArchiveUrlResponse]:
+        """A signed URL of a tar archive of one checkpoint, and when it expires.
+
+        Sync form of :meth:`get_checkpoint_archive_url_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.get_checkpoint_archive_url_async(training_run_id, checkpoint_id))
+
+    def get_checkpoint_archive_url_from_tinker_path(self, tinker_path: str) -> APIFuture[CheckpointArchiveUrlResponse]:
+        """:meth:`get_checkpoint_archive_url` for the checkpoint at a ``tinker://`` path.
+
+        Sync form of :meth:`get_checkpoint_archive_url_from_tinker_path_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.get_checkpoint_archive_url_from_tinker_path_async(tinker_path))
+
     def get_weights_info_by_tinker_path(self, tinker_path: str) -> APIFuture[t.WeightsInfoResponse]:
         """Base model, LoRA rank and flags of saved weights.
 
@@ -780,6 +883,14 @@ class RestClient(_RestBase):
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
         return _sync.call(self, self.cleanup_futures_async(max_age_hours))
+
+    def whoami(self) -> APIFuture[t.WhoamiResponse]:
+        """Who the credential belongs to, read from the JWT itself (no request is made).
+
+        Sync form of :meth:`whoami_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        return _sync.call(self, self.whoami_async())
 
     def get_audit_log(self, event_type: AuditEventType='all', day: dt.date | None=None) -> APIFuture[t.AuditLogResponse]:
         """Deprecated here: use AdminClient.get_audit_log.

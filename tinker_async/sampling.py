@@ -32,13 +32,14 @@ from . import _proto, _sync
 from . import types as t
 from ._api_future import APIFuture
 from ._config import RetryPolicy, credential_sources
-from ._futures import PromiseExpired
+from ._futures import PromiseExpired, QueueState
 from ._loops import LoopLock
 from ._sampler_handle import decode_handle, encode_handle, without_credentials
 from ._sync import homed
 from ._transport import Response
 from ._validate import check_sampling
 from .errors import APIError, InvalidRequestError
+from .telemetry import Telemetry
 from .types import _wire
 
 if TYPE_CHECKING:
@@ -59,6 +60,25 @@ def _submit_retry(policy: RetryPolicy) -> RetryPolicy:
     """The client's policy for submitting a sample: a busy server (429) is waited out for
     up to an hour, as the official SDK's sampling RetryHandler does."""
     return policy.replace(max_429_retries=1000, deadline=3600.0)
+
+
+_QUEUE_STATE_LOG_INTERVAL_S = 60.0
+_PAUSE_REASONS = {
+    QueueState.PAUSED_RATE_LIMIT: "concurrent sampler weights limit hit",
+    QueueState.PAUSED_CAPACITY: "the server is running short on capacity, please wait",
+}
+
+
+async def _existing_session_client(
+    holder: ServiceClient, sampling_session_id: str, model_path: str | None,
+    base_model: str | None, record_stability_info: bool,
+) -> SamplingClient:
+    await holder.connect_async()
+    if base_model is None:
+        sampler = await holder.create_rest_client().get_sampler_async(sampling_session_id)
+        base_model = sampler.base_model
+    return SamplingClient(holder, sampling_session_id, base_model=base_model,
+                          model_path=model_path, record_stability_info=record_stability_info)
 
 
 def _decode_sample(resp: Response) -> t.SampleResponse:
@@ -94,6 +114,31 @@ class SamplingClient:
         #: a copy's comes from the server where it hands them out, else from random)
         self._settled_pid: int | None = os.getpid() if clone_id == 0 else None
         self._join_lock = LoopLock()
+        self._queue_state = QueueState.ACTIVE
+        self._queue_state_logged_at: float | None = None
+
+    @staticmethod
+    def create(
+        holder: ServiceClient,
+        *,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        sampling_session_id: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ) -> APIFuture[SamplingClient]:
+        """A SamplingClient of ``holder`` (a ServiceClient), as an APIFuture.
+
+        With ``sampling_session_id``, a client for that existing sampling session of the
+        holder's server session; otherwise a new sampling session on ``model_path`` or
+        ``base_model`` (as :meth:`ServiceClient.create_sampling_client`).
+        """
+        if sampling_session_id is None:
+            return holder.create_sampling_client(
+                model_path=model_path, base_model=base_model, retry_config=retry_config,
+                record_stability_info=record_stability_info)
+        return _sync.call(holder, _existing_session_client(
+            holder, sampling_session_id, model_path, base_model, record_stability_info))
 
     def __repr__(self) -> str:
         return (f"SamplingClient(sampling_session_id={self.sampling_session_id!r}, "
@@ -300,7 +345,8 @@ class SamplingClient:
             try:
                 result = await service._poller.result(
                     request_id, "Sample", _decode_sample, protobuf=use_proto,
-                    sampling_session=(self.sampling_session_id, clone), submitted_at=submitted)
+                    sampling_session=(self.sampling_session_id, clone), submitted_at=submitted,
+                    on_queue_state=self.on_queue_state_change)
             except PromiseExpired:
                 if attempt == _RESUBMITS_ON_EXPIRY:
                     raise
@@ -333,6 +379,39 @@ class SamplingClient:
             prompt, 1, t.SamplingParams(max_tokens=1), include_prompt_logprobs=True,
             prompt_logprobs_last_n=prompt_logprobs_last_n)
         return list(response.prompt_logprobs or [])
+
+    def on_queue_state_change(
+        self, queue_state: QueueState, queue_state_reason: str | None
+    ) -> None:
+        """Called with the queue state of each ``try_again`` answer to this client's samples.
+
+        Logs a WARNING when sampling is paused (at most once a minute while it stays
+        paused, and again whenever the state changes), as the official SDK does. Override
+        it, or set it on the instance, to act on the state yourself.
+        """
+        changed = queue_state is not self._queue_state
+        self._queue_state = queue_state
+        if queue_state is QueueState.ACTIVE:
+            if changed:
+                log.info("sampling resumed for sampler %s", self.sampling_session_id)
+            return
+        now = time.monotonic()
+        last = self._queue_state_logged_at
+        if not changed and last is not None and now - last < _QUEUE_STATE_LOG_INTERVAL_S:
+            return
+        self._queue_state_logged_at = now
+        reason = queue_state_reason or _PAUSE_REASONS.get(queue_state, "unknown")
+        log.warning("Sampling is paused for sampler %s. Reason: %s",
+                    self.sampling_session_id, reason)
+
+    @property
+    def queue_state(self) -> QueueState:
+        """The last queue state the server reported for this client's samples."""
+        return self._queue_state
+
+    def get_telemetry(self) -> Telemetry:
+        """This client family's local request counters (nothing is sent anywhere)."""
+        return self._service.get_telemetry()
 
     @homed
     async def get_base_model_async(self) -> str:

@@ -28,6 +28,7 @@ from .errors import APIError, ClientClosedError, InvalidRequestError
 from .paths import parse_checkpoint_path
 from .rest import RestClient
 from .sampling import SamplingClient
+from .telemetry import Telemetry
 from .training import TrainingClient
 from .types import GetInfoResponse, GetServerCapabilitiesResponse, _wire
 from .types._paths import CONSOLE_BASE_URL
@@ -105,6 +106,7 @@ class ServiceClient:
             display_name=display_name,
         )
         self._poller = FuturePoller(self._transport)
+        self._telemetry = Telemetry(lambda: self._session.id)
         self._counter_lock = threading.Lock()
         self._model_seq = 0
         self._sampling_session_seq = 0
@@ -356,6 +358,10 @@ class ServiceClient:
             path, self._transport.config.project_id, ttl_seconds=ttl_seconds,
             weights_access_token=weights_access_token)
 
+    def get_telemetry(self) -> Telemetry:
+        """This client family's local event log (the official surface; nothing is sent)."""
+        return self._telemetry
+
     def get_console_url(self) -> str:
         """The Tinker console page of this session (once the session exists)."""
         return f"{CONSOLE_BASE_URL}/sessions/{quote(self._session.id or '', safe='')}"
@@ -386,13 +392,13 @@ class ServiceClient:
         """
         return _sync.call(self, self.connect_async())
 
-    def get_server_capabilities(self) -> APIFuture[GetServerCapabilitiesResponse]:
+    def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
         """The models the server supports.
 
-        Sync form of :meth:`get_server_capabilities_async`: starts the call now and returns an APIFuture
-        (``.result(timeout)`` blocks; ``await`` it in async code).
+        Sync form of :meth:`get_server_capabilities_async`; blocks until done and returns the value (as
+        the official SDK's does).
         """
-        return _sync.call(self, self.get_server_capabilities_async())
+        return _sync.call(self, self.get_server_capabilities_async()).result()
 
     def create_lora_training_client(self, base_model: str, rank: int=32, seed: int | None=None, train_mlp: bool=True, train_attn: bool=True, train_unembed: bool=True, user_metadata: Mapping[str, str] | None=None, optimizer: Any=None) -> ClientFuture[TrainingClient]:
         """Create a LoRA training run on ``base_model`` and return its TrainingClient.

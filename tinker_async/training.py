@@ -42,6 +42,7 @@ from ._transport import PROTOBUF, Response
 from ._validate import check_checkpoint_name, check_forward_backward, check_optim_params
 from .errors import APIConnectionError, APIError, InvalidRequestError, NotFoundError, TinkerError
 from .paths import parse_checkpoint_path
+from .telemetry import Telemetry
 from .types import _wire
 from .types._paths import CONSOLE_BASE_URL
 
@@ -239,6 +240,10 @@ class TrainingClient:
     def get_info(self) -> t.GetInfoResponse:
         """Model name, LoRA rank and tokenizer id (fetched once, at creation)."""
         return self._info
+
+    def get_telemetry(self) -> Telemetry:
+        """This client family's local event log (the official surface; nothing is sent)."""
+        return self._service.get_telemetry()
 
     def get_tokenizer(self) -> Any:
         """The model's tokenizer (the embedded server's byte tokenizer needs no extras)."""

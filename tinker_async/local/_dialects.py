@@ -57,6 +57,10 @@ class Dialect:
     """*(follow-up)* ``load_weights`` with ``session_id`` + ``model_seq_id`` creates a model."""
     sync_sample: bool = False
     """*(follow-up)* blocking ``POST sample`` exists (tinkercloud)."""
+    checkpoint_archive: bool = True
+    """``GET .../checkpoints/{kind}/{name}/archive`` answers 302 to a signed tar (the API
+    before SDK 0.38, which dropped it); off, the route is missing (404), as on servers
+    built for 0.38."""
 
 
 _OFFICIAL = Dialect("official")
@@ -69,6 +73,7 @@ _THIRD_PARTY = replace(
     join_sampling_session=False,
     create_via_load=False,
     sample_sequence_ids=False,
+    checkpoint_archive=False,
 )
 
 DIALECTS: dict[str, Dialect] = {

@@ -10,8 +10,13 @@ field names.
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
+import secrets
+import tarfile
 import time
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -180,6 +185,30 @@ async def external_weights_urls(request: web.Request) -> web.Response:
             f"{_origin(request)}/files/{token}/{quote(path.name)}"
         )
     return json_response({"urls": urls, "expires": iso(expires)})
+
+
+async def checkpoint_archive(request: web.Request) -> web.Response:
+    """``GET .../checkpoints/{kind}/{name}/archive``: 302 to a signed tar of the checkpoint,
+    with an ``Expires`` header (the archive URL of the API before SDK 0.38)."""
+    ctx = context(request)
+    ckpt = _checkpoint_from_path(request)
+    root = ctx.state.checkpoint_dir(ckpt.training_run_id, ckpt.kind, ckpt.name)
+    files = ctx.state.checkpoint_files(ckpt)
+    archive = ctx.state.data_dir / "archives" / f"{secrets.token_hex(8)}.tar"
+    await asyncio.to_thread(_write_tar, archive, root, files)
+    token, expires = ctx.files.sign(archive, _URL_TTL_S)
+    name = quote(f"{ckpt.name}.tar")
+    return web.Response(status=302, headers={
+        "Location": f"{_origin(request)}/files/{token}/{name}",
+        "Expires": email.utils.formatdate(expires, usegmt=True),
+    })
+
+
+def _write_tar(archive: Path, root: Path, files: list[Path]) -> None:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w") as tar:
+        for path in files:
+            tar.add(path, arcname=path.relative_to(root).as_posix())
 
 
 async def checkpoint_path(request: web.Request) -> web.Response:
@@ -475,6 +504,7 @@ ROUTES: tuple[Route, ...] = (
     route("DELETE", _CKPT + "/publish", publish_checkpoint),
     route("PUT", _CKPT + "/ttl", set_checkpoint_ttl),
     route("GET", _CKPT + "/external_weights_urls", external_weights_urls),
+    route("GET", _CKPT + "/archive", checkpoint_archive, when=lambda d: d.checkpoint_archive),
     route("GET", "/checkpoints", list_user_checkpoints),
     route("GET", "/checkpoint_path/{run_id}/{kind}/{name}", checkpoint_path, twinkle=True),
     route("POST", "/weights_info", weights_info, twinkle=True),

@@ -1,0 +1,138 @@
+"""Official-SDK behaviours beyond names: return kinds, the archive URL calls, queue-state
+notices, SamplingClient.create and local telemetry."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import io
+import logging
+import tarfile
+import urllib.request
+
+import pytest
+
+import tinker_async as tinker
+from tinker_async.local import LocalServer
+from tinker_async.local._dialects import DIALECTS
+
+MODEL = "local/byte-lm"
+
+
+def _trained_checkpoint(url: str, api_key: str) -> tuple[tinker.ServiceClient, str, str]:
+    service = tinker.ServiceClient(base_url=url, api_key=api_key)
+    training = service.create_lora_training_client(MODEL, rank=2).result(60)
+    path = training.save_state("ckpt").result(60).path
+    return service, training.model_id, path
+
+
+def test_get_server_capabilities_returns_the_value(server: LocalServer, api_key: str) -> None:
+    service = tinker.ServiceClient(base_url=server.url, api_key=api_key)
+    caps = service.get_server_capabilities()  # blocks and returns, as the official SDK
+    assert MODEL in [m.model_name for m in caps.supported_models]
+    service.close().result(30)
+
+
+def test_whoami_returns_a_future(server: LocalServer, api_key: str) -> None:
+    rest = tinker.RestClient(base_url=server.url, api_key=api_key)
+    fut = rest.whoami()
+    assert isinstance(fut, tinker.APIFuture)
+    with pytest.raises(RuntimeError, match="JWT"):  # a plain key is not a JWT
+        fut.result(10)
+
+
+def test_archive_url_points_at_a_tar_of_the_checkpoint(fresh_server: LocalServer,
+                                                       api_key: str) -> None:
+    service, run_id, path = _trained_checkpoint(fresh_server.url, api_key)
+    rest = service.create_rest_client()
+    by_path = rest.get_checkpoint_archive_url_from_tinker_path(path).result(30)
+    by_ids = rest.get_checkpoint_archive_url(run_id, "weights/ckpt").result(30)
+    now = dt.datetime.now(dt.timezone.utc)
+    for answer in (by_path, by_ids):
+        assert answer.expires > now and answer.expires_at == answer.expires
+        with urllib.request.urlopen(answer.url, timeout=30) as resp:  # no credential needed
+            data = resp.read()
+        names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+        assert names and all(not n.startswith("/") and ".." not in n for n in names)
+    with pytest.raises(tinker.NotFoundError) as missing:
+        rest.get_checkpoint_archive_url(run_id, "weights/nope").result(30)
+    assert not isinstance(missing.value, tinker.UnsupportedByServerError)
+    service.close().result(30)
+
+
+def test_archive_url_on_a_server_without_it_names_the_way_that_works(api_key: str) -> None:
+    no_archive = dataclasses.replace(DIALECTS["official"], checkpoint_archive=False)
+    with LocalServer(api_key=api_key, dialect=no_archive).in_thread() as srv:
+        service, _, path = _trained_checkpoint(srv.url, api_key)
+        rest = service.create_rest_client()
+        with pytest.raises(tinker.UnsupportedByServerError,
+                           match="get_external_weights_urls") as err:
+            rest.get_checkpoint_archive_url_from_tinker_path(path).result(30)
+        assert isinstance(err.value, tinker.NotFoundError) and err.value.status_code == 404
+        service.close().result(30)
+
+
+def test_queue_state_reaches_on_queue_state_change(
+    fresh_server: LocalServer, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+    sampler = service.create_sampling_client(base_model=MODEL).result(60)
+    seen: list[tuple[tinker.QueueState, str | None]] = []
+    original = sampler.on_queue_state_change
+
+    def observe(state: tinker.QueueState, reason: str | None) -> None:
+        seen.append((state, reason))
+        original(state, reason)
+
+    sampler.on_queue_state_change = observe  # type: ignore[method-assign]
+    paused = {"type": "try_again", "request_id": "x", "queue_state": "paused_rate_limit",
+              "queue_state_reason": "concurrent LoRA rate limit"}
+    fresh_server.faults.add(r"/retrieve_future$", status=200, body=paused, count=2)
+    params = tinker.SamplingParams(max_tokens=2)
+    prompt = tinker.ModelInput.from_ints([65, 66])
+    with caplog.at_level(logging.WARNING, logger="tinker_async"):
+        result = sampler.sample(prompt, 1, params).result(60)
+    assert len(result.sequences) == 1  # the pause delayed the sample, it did not fail it
+    assert seen[:2] == [(tinker.QueueState.PAUSED_RATE_LIMIT, "concurrent LoRA rate limit")] * 2
+    assert sampler.queue_state is tinker.QueueState.PAUSED_RATE_LIMIT
+    paused_logs = [r for r in caplog.records if "Sampling is paused" in r.getMessage()]
+    assert len(paused_logs) == 1  # logged once, not once per answer
+    assert "concurrent LoRA rate limit" in paused_logs[0].getMessage()
+    service.close().result(30)
+
+
+def test_sampling_client_create(fresh_server: LocalServer, api_key: str) -> None:
+    service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+    fut = tinker.SamplingClient.create(service, base_model=MODEL)
+    assert isinstance(fut, tinker.APIFuture)
+    first = fut.result(60)
+    again = tinker.SamplingClient.create(
+        service, sampling_session_id=first.sampling_session_id).result(60)
+    assert again.sampling_session_id == first.sampling_session_id
+    assert again.get_base_model() == MODEL
+    prompt = tinker.ModelInput.from_ints([72, 105])
+    out = again.sample(prompt, 1, tinker.SamplingParams(max_tokens=2)).result(60)
+    assert len(out.sequences) == 1
+    service.close().result(30)
+
+
+def test_get_telemetry_records_locally_and_sends_nothing(fresh_server: LocalServer,
+                                                         api_key: str) -> None:
+    service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+    training = service.create_lora_training_client(MODEL, rank=2).result(60)
+    telemetry = service.get_telemetry()
+    assert training.get_telemetry() is telemetry
+    assert service.create_rest_client().get_telemetry() is telemetry
+    telemetry.log("my_event", {"step": 3})
+    with pytest.raises(ValueError), telemetry.capture_exceptions():
+        raise ValueError("boom")
+    asyncio.run(telemetry.log_exception(KeyError("k"), "WARNING"))
+    names = [(e.event_name, e.severity) for e in telemetry.events]
+    assert names == [("my_event", "INFO"), ("exception", "ERROR"), ("exception", "WARNING")]
+    assert telemetry.events[0].session_id == service.session_id
+    assert telemetry.events[1].event_data["error_message"] == "boom"
+    assert tinker.RestClient(base_url=fresh_server.url, api_key=api_key).get_telemetry().events == []
+    assert tinker.AdminClient(base_url=fresh_server.url, api_key=api_key).get_telemetry() is not None
+    service.close().result(30)
+    assert not [r for r in fresh_server.requests if "telemetry" in r.path]
