@@ -136,3 +136,27 @@ def test_get_telemetry_records_locally_and_sends_nothing(fresh_server: LocalServ
     assert tinker.AdminClient(base_url=fresh_server.url, api_key=api_key).get_telemetry() is not None
     service.close().result(30)
     assert not [r for r in fresh_server.requests if "telemetry" in r.path]
+
+
+def test_create_from_state_falls_back_when_the_server_refuses_the_one_call_form(
+    api_key: str,
+) -> None:
+    # Like tuft and skyrl-tx: client/config answers, but load_weights needs a model_id.
+    tuft_like = dataclasses.replace(DIALECTS["official"], create_via_load=False)
+    with LocalServer(api_key=api_key, dialect=tuft_like).in_thread() as srv:
+        service, _, path = _trained_checkpoint(srv.url, api_key)
+        restored = [service.create_training_client_from_state(path).result(60),
+                    service.create_training_client_from_state_with_optimizer(path).result(60)]
+        # No gap in the session's model sequence: a later create still works.
+        later = service.create_lora_training_client(MODEL, rank=2).result(60)
+        tokens = [72, 101, 108, 108, 111]
+        datum = tinker.Datum(model_input=tinker.ModelInput.from_ints(tokens[:-1]),
+                             loss_fn_inputs={"target_tokens": tokens[1:],
+                                             "weights": [1.0] * 4})
+        for client in [*restored, later]:
+            assert client.forward_backward([datum], "cross_entropy").result(60).metrics
+        loads = [r for r in srv.requests if r.path.endswith("/load_weights")]
+        refused = [r for r in loads if r.status == 400]
+        assert len(refused) == 1  # learned once, then the two-step form only
+        assert b"session_id" in refused[0].body and b"model_id" not in refused[0].body
+        service.close().result(30)

@@ -124,8 +124,9 @@ class Session:
             "sdk_version": PROTOCOL_SDK_VERSION,
             "type": "create_session",
         }
-        if self.user_metadata is not None:
-            body["user_metadata"] = self.user_metadata
+        # Always sent, as the official SDK does (``user_metadata or {}``): servers built on
+        # the 0.25-0.38 request models (tuft, for one) require the field.
+        body["user_metadata"] = self.user_metadata or {}
         if self.project_id:
             body["project_id"] = self.project_id
         if self.display_name:

@@ -24,7 +24,7 @@ from ._loops import Home
 from ._session import FinishStatus, Session
 from ._sync import homed
 from ._transport import Transport
-from .errors import APIError, ClientClosedError, InvalidRequestError
+from .errors import APIError, APIStatusError, ClientClosedError, InvalidRequestError
 from .paths import parse_checkpoint_path
 from .rest import RestClient
 from .sampling import SamplingClient
@@ -42,6 +42,14 @@ _EXIT_CLOSE_TIMEOUT_S = 5.0
 
 def _env_tags() -> list[str]:
     return [t.strip() for t in os.environ.get("TINKER_TAGS", "").split(",") if t.strip()]
+
+
+def _refuses_create_via_load(exc: APIStatusError) -> bool:
+    """A refusal of the one-call create-via-load form itself (the server wants a model_id
+    or lacks the route), as opposed to a problem with the checkpoint."""
+    if exc.status_code in (404, 405) and "checkpoint" not in str(exc).lower():
+        return True
+    return exc.status_code in (400, 422) and "model_id" in str(exc)
 
 
 class ServiceClient:
@@ -145,6 +153,13 @@ class ServiceClient:
         with self._counter_lock:
             seq, self._model_seq = self._model_seq, self._model_seq + 1
         return seq
+
+    def _give_back_model_seq(self, seq: int) -> None:
+        """Reuse ``seq`` for the next model: its request was refused, so the server's
+        sequence has no such entry (a gap would stall later creates there)."""
+        with self._counter_lock:
+            if self._model_seq == seq + 1:
+                self._model_seq = seq
 
     def _next_sampling_session_seq(self) -> int:
         with self._counter_lock:
@@ -256,24 +271,17 @@ class ServiceClient:
             )
         session_id = await self._ensure_session()
         if self._transport.dialect.create_via_load:
-            # The server reads the base model and LoRA settings from the checkpoint itself
-            # (also one under another account, with weights_access_token): no lookup here.
-            body: dict[str, Any] = {"session_id": session_id, "model_seq_id": self._next_model_seq(),
-                                    "path": path, "optimizer": optimizer, "type": "load_weights"}
-            if base_model is not None:
-                body["base_model"] = base_model
-            if user_metadata:
-                body["user_metadata"] = dict(user_metadata)
-            if weights_access_token:
-                body["weights_access_token"] = weights_access_token
-            if optimizer_config is not None and getattr(optimizer_config, "type", "adamw") != "adamw":
-                body["optimizer_config"] = _wire.to_builtins(optimizer_config)
-            promise = (await self._transport.request("POST", "load_weights", json=body)).json()
-            result = await self._poll_json(promise, "LoadWeights")
-            model_id = result.get("model_id") if isinstance(result, dict) else None
-            if not isinstance(model_id, str):  # the id the server derives (reference 2.4)
-                model_id = f"{session_id}:train:{body['model_seq_id']}"
-            return await self._training_client(model_id, first_seq=1)
+            try:
+                return await self._create_via_load(
+                    session_id, path, base_model, user_metadata, weights_access_token,
+                    optimizer, optimizer_config)
+            except APIStatusError as exc:
+                if not _refuses_create_via_load(exc):
+                    raise
+                # A refusal applies nothing: from now on this session uses the two-step form.
+                log.debug("the server refused create-via-load (%s); using create_model + "
+                          "load_weights", exc)
+                self._transport.dialect.create_via_load = False
         # Servers without create-via-load: create a model like the checkpoint's, then load
         # the checkpoint as its first operation (the only place some servers allow it).
         rest = self.create_rest_client()
@@ -293,6 +301,36 @@ class ServiceClient:
         loader = client.load_state_with_optimizer_async if optimizer else client.load_state_async
         await (await loader(path, weights_access_token))
         return client
+
+    async def _create_via_load(
+        self, session_id: str, path: str, base_model: str | None,
+        user_metadata: Mapping[str, str] | None, weights_access_token: str | None,
+        optimizer: bool, optimizer_config: Any,
+    ) -> TrainingClient:
+        """The one-call form: ``load_weights`` with ``session_id`` + ``model_seq_id``."""
+        # The server reads the base model and LoRA settings from the checkpoint itself
+        # (also one under another account, with weights_access_token): no lookup here.
+        seq = self._next_model_seq()
+        body: dict[str, Any] = {"session_id": session_id, "model_seq_id": seq,
+                                "path": path, "optimizer": optimizer, "type": "load_weights"}
+        if base_model is not None:
+            body["base_model"] = base_model
+        if user_metadata:
+            body["user_metadata"] = dict(user_metadata)
+        if weights_access_token:
+            body["weights_access_token"] = weights_access_token
+        if optimizer_config is not None and getattr(optimizer_config, "type", "adamw") != "adamw":
+            body["optimizer_config"] = _wire.to_builtins(optimizer_config)
+        try:
+            promise = (await self._transport.request("POST", "load_weights", json=body)).json()
+        except APIStatusError:
+            self._give_back_model_seq(seq)  # refused: nothing was applied
+            raise
+        result = await self._poll_json(promise, "LoadWeights")
+        model_id = result.get("model_id") if isinstance(result, dict) else None
+        if not isinstance(model_id, str):  # the id the server derives (reference 2.4)
+            model_id = f"{session_id}:train:{seq}"
+        return await self._training_client(model_id, first_seq=1)
 
     @homed
     async def create_training_client_from_state_async(
