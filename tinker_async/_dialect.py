@@ -3,16 +3,25 @@
 A :class:`Dialect` is chosen from the configuration (``dialect=`` or the Twinkle
 environment variables) and refined at the handshake: a server that answers
 ``client/config`` is official 0.38 and its flags are kept here; one that answers 404 is a
-legacy JSON server (skyrl-tx, tinkercloud, hatchery, ...).
+legacy JSON server (skyrl-tx, tinkercloud, hatchery, ...). It is refined again by what
+the server answers later: a refusal that shows a missing capability switches that
+capability off for the rest of the session (:meth:`Dialect.lacks`).
+
+Every server difference is a field here; clients, the session and the poller read the
+fields and never test :attr:`Dialect.name`, which only names the server for people.
+Adding a server is one new preset in :func:`make_dialect` (plus its tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from .errors import ConfigurationError
+
+log = logging.getLogger("tinker_async")
 
 DialectName = Literal["official", "legacy", "strict", "tinkercloud", "twinkle"]
 KNOWN_DIALECTS: tuple[str, ...] = ("official", "legacy", "strict", "tinkercloud", "twinkle")
@@ -51,6 +60,19 @@ class Dialect:
     #: JSON forward passes go to ``/forward`` (else ``forward_backward`` + ``forward_only``);
     #: cleared when a server answers 404 there
     separate_forward: bool = True
+    #: ``client/config`` is worth asking for at the handshake (Twinkle has none)
+    client_config_route: bool = True
+    #: ``create_session`` body: the official request, or Twinkle's ``{"metadata": ...}``
+    session_request: Literal["official", "twinkle"] = "official"
+    #: ``POST sessions/{id}/finish`` exists (Twinkle sessions simply lapse)
+    session_finish: bool = True
+    #: ``GET checkpoint_path/{run}/{checkpoint}`` exists (Twinkle); else the list is read
+    checkpoint_path_route: bool = False
+    #: ``weights_info`` takes and answers Twinkle's shapes (``twinkle_path``, wrapped)
+    twinkle_weights_info: bool = False
+    #: JSON training/sampling bodies in tinkercloud's documented shape (``model_id`` names
+    #: the sampler; forward_backward fields at the top level)
+    tinkercloud_bodies: bool = False
     flags: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_FLAGS))
     dynamic_flags: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -72,11 +94,19 @@ class Dialect:
         self.flags.update(flags)
         self.retrieve_futures = bool(self.flag("sample_use_retrieve_futures"))
 
+    def lacks(self, capability: str, evidence: object) -> None:
+        """The server showed it lacks ``capability`` (a boolean field): switch it off for
+        the session, once, with a DEBUG line saying why."""
+        if getattr(self, capability) is not False:
+            log.debug("server lacks %s (%s); using the other form from now on",
+                      capability, evidence)
+            setattr(self, capability, False)
+
     def mark_legacy(self) -> None:
         """The server has no client/config: an older JSON-only Tinker-compatible server."""
         self.has_client_config = False
         if self.name == "official":
-            self.name = "legacy"
+            self.name = "legacy"  # for people (``ServiceClient.dialect``); nothing reads it
         self.protobuf = False
         self.retrieve_futures = False
         self.create_via_load = False
@@ -92,12 +122,14 @@ def make_dialect(name: str | None, route_prefix: str | None = None) -> Dialect:
         )
     dialect = Dialect(name=name)
     if name == "twinkle":
-        dialect = Dialect(name=name, route_prefix="/twinkle", auth="bearer")
+        dialect = Dialect(name=name, route_prefix="/twinkle", auth="bearer",
+                          client_config_route=False, session_request="twinkle",
+                          session_finish=False, checkpoint_path_route=True,
+                          twinkle_weights_info=True)
         dialect.mark_legacy()
-        dialect.name = "twinkle"
     elif name in ("legacy", "tinkercloud"):
         dialect.mark_legacy()
-        dialect.name = name
+        dialect.tinkercloud_bodies = name == "tinkercloud"
     if route_prefix is not None:
         dialect.route_prefix = "/" + route_prefix.strip("/") if route_prefix.strip("/") else ""
     return dialect

@@ -77,7 +77,7 @@ class Session:
             return
         dialect = self.transport.dialect
         body = {"sdk_version": PROTOCOL_SDK_VERSION}
-        if dialect.name != "twinkle":
+        if dialect.client_config_route:
             try:
                 flags = (await self.transport.request("POST", "client/config", json=body)).json()
             except NotFoundError:
@@ -131,7 +131,7 @@ class Session:
             body["project_id"] = self.project_id
         if self.display_name:
             body["display_name"] = self.display_name
-        if self.transport.dialect.name == "twinkle":
+        if self.transport.dialect.session_request == "twinkle":
             body = {"metadata": self.user_metadata or {}}
         data = (await self.transport.request("POST", "create_session", json=body)).json()
         for level, key in ((logging.INFO, "info_message"), (logging.WARNING, "warning_message"),
@@ -206,8 +206,8 @@ class Session:
                 or self._pid != os.getpid()):
             return
         self.finished = True
-        if self.transport.dialect.name == "twinkle":
-            return  # Twinkle sessions simply lapse; it has no finish route
+        if not self.transport.dialect.session_finish:
+            return  # such sessions (Twinkle's) simply lapse
         try:
             await self.transport.request(
                 "POST",

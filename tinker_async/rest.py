@@ -345,7 +345,7 @@ class RestClient(_RestBase):
         run = _id("training_run_id", training_run_id)
         ckpt = checkpoint_id if "/" in checkpoint_id else f"weights/{checkpoint_id}"
         ckpt_q = _id("checkpoint_id", ckpt, slash_ok=True)
-        if self._transport.dialect.name == "twinkle":
+        if self._transport.dialect.checkpoint_path_route:
             return await self._json("GET", f"checkpoint_path/{run}/{ckpt_q}", t.CheckpointPath)
         for found in (await self.list_checkpoints_async(training_run_id)).checkpoints:
             if found.checkpoint_id == ckpt:
@@ -470,7 +470,7 @@ class RestClient(_RestBase):
     async def get_weights_info_by_tinker_path_async(self, tinker_path: str) -> t.WeightsInfoResponse:
         """Base model, LoRA rank and flags of saved weights."""
         parse_checkpoint_path(tinker_path)
-        if self._transport.dialect.name != "twinkle":
+        if not self._transport.dialect.twinkle_weights_info:
             return await self._json(
                 "POST", "weights_info", t.WeightsInfoResponse, json={"tinker_path": tinker_path})
         # Twinkle wraps the answer: {"weights_info": {...}}

@@ -281,7 +281,7 @@ class SamplingClient:
         if self._record_stability_info:
             body["record_stability_info"] = True
         body["sampling_session_id"] = self.sampling_session_id
-        if self._service._transport.dialect.name == "tinkercloud":
+        if self._service._transport.dialect.tinkercloud_bodies:
             # tinkercloud's documented request names the sampler ``model_id``; its
             # servers (and the embedded one) also read ``sampling_session_id``.
             body["model_id"] = self.sampling_session_id

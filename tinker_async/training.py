@@ -192,13 +192,13 @@ def _retrieve_exception(task: asyncio.Future[Any]) -> None:
 
 
 def _json_fb_body(
-    dialect_name: str, model_id: str, seq: int, data: list[t.Datum], loss_fn: str,
+    tinkercloud: bool, model_id: str, seq: int, data: list[t.Datum], loss_fn: str,
     loss_fn_config: Mapping[str, float | str] | None, forward_only: bool, endpoint: str,
 ) -> dict[str, Any]:
     """A JSON forward/forward_backward body for ``endpoint``; a forward pass sent to
     ``forward_backward`` (servers without ``/forward``) carries ``forward_only``."""
     flag = {"forward_only": True} if forward_only and endpoint == "forward_backward" else {}
-    if dialect_name == "tinkercloud":
+    if tinkercloud:
         body: dict[str, Any] = {"model_id": model_id, "data": data, "loss_fn": loss_fn, **flag}
         if loss_fn_config:
             body["loss_fn_config"] = dict(loss_fn_config)
@@ -356,7 +356,7 @@ class TrainingClient:
                     headers=headers)
             else:
                 endpoint = "forward" if forward_only and dialect.separate_forward else "forward_backward"
-                body = _json_fb_body(dialect.name, self.model_id, seq, chunks[i].data,
+                body = _json_fb_body(dialect.tinkercloud_bodies, self.model_id, seq, chunks[i].data,
                                      loss_fn, loss_fn_config, forward_only, endpoint)
                 try:
                     resp = await service._transport.request("POST", endpoint, json=body)
@@ -365,10 +365,10 @@ class TrainingClient:
                         raise
                     # No /forward here (nothing was applied): forward_backward can run a
                     # forward pass alone; remember that once it worked.
-                    body = _json_fb_body(dialect.name, self.model_id, seq, chunks[i].data,
+                    body = _json_fb_body(dialect.tinkercloud_bodies, self.model_id, seq, chunks[i].data,
                                          loss_fn, loss_fn_config, True, "forward_backward")
                     resp = await service._transport.request("POST", "forward_backward", json=body)
-                    dialect.separate_forward = False
+                    dialect.lacks("separate_forward", "HTTP 404 at /forward")
             accepted.append(resp)
             return resp
 
