@@ -12,7 +12,7 @@ gets a twin ``def foo(self, ...)`` with the same parameters, written between the
   through ``_sync.call_flat``;
 - ``foo_async -> T`` gives ``foo -> APIFuture[T]`` through ``_sync.call``;
 - the few listed in ``BLOCKING`` (where the official SDK's plain form blocks and returns
-  the value) give ``foo -> T``.
+  the value), and every method of a class in ``BLOCKING_CLASSES``, give ``foo -> T``.
 
 The output is checked in, so type checkers and IDEs see both forms with real signatures,
 and tracing code can still replace either with ``setattr`` on the class. CI runs
@@ -27,13 +27,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["rest.py", "service.py", "training.py", "sampling.py"]
+MODULES = ["rest.py", "service.py", "training.py", "sampling.py", "twinkle.py"]
 BEGIN = "# --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---"
 END = "# --- END GENERATED SYNC FORMS ---"
 #: Results that are clients get a ClientFuture, which also forwards to the client (old code).
 CLIENT_TYPES = {"TrainingClient", "SamplingClient"}
 #: Sync forms that block and return the value, because the official SDK's do.
 BLOCKING = {("ServiceClient", "get_server_capabilities_async")}
+#: Classes whose plain forms all block and return values (Twinkle's client API).
+BLOCKING_CLASSES = {"TwinkleClient"}
 
 
 def _call_args(args: ast.arguments) -> str:
@@ -59,14 +61,14 @@ def _sync_form(fn: ast.AsyncFunctionDef, indent: str, owner: str) -> str:
     name = fn.name.removesuffix("_async")
     returns = ast.unparse(fn.returns) if fn.returns else "Any"
     summary = _summary(fn)
-    if (owner, fn.name) in BLOCKING:
+    if (owner, fn.name) in BLOCKING or owner in BLOCKING_CLASSES:
         body = [
             f"def {name}({ast.unparse(fn.args)}) -> {returns}:",
             f'    """{summary[0]}',
             *(f"    {line}" for line in summary[1:]),
             "",
-            f"    Sync form of :meth:`{fn.name}`; blocks until done and returns the value (as",
-            "    the official SDK's does).",
+            f"    Sync form of :meth:`{fn.name}`; blocks until done and returns the value, as",
+            "    the API it mirrors does.",
             '    """',
             f"    return _sync.call(self, self.{fn.name}({_call_args(fn.args)})).result()",
         ]

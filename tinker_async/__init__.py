@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from .service import ServiceClient
     from .telemetry import Telemetry
     from .training import TrainingClient
+    from .twinkle import TwinkleClient
     from .types import (
         AdamOptimizerConfig,
         AdamParams,
@@ -114,6 +115,7 @@ _LAZY: dict[str, str] = {
     "SamplingClient": ".sampling",
     "ServiceClient": ".service",
     "TrainingClient": ".training",
+    "TwinkleClient": ".twinkle",
     **{name: ".types" for name in (
         "AdamOptimizerConfig", "AdamParams", "Checkpoint", "CheckpointType", "Datum",
         "DimuonOptimizerConfig", "DimuonParams", "DmelChunk", "EncodedTextChunk", "OptimParams",
@@ -214,6 +216,7 @@ __all__ = [
     "TinkerError",
     "TrainingClient",
     "TrainingRun",
+    "TwinkleClient",
     "UnprocessableEntityError",
     "UnsupportedByServerError",
     "__version__",
