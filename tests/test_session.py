@@ -104,3 +104,26 @@ def test_a_header_override_replaces_ours_whatever_its_case(
         assert request.headers.getall("User-Agent") == ["mine/1.0"]
         assert request.headers.getall("X-Extra") == ["1"]
         assert len(request.headers.getall("X-API-Key")) == 1
+
+
+def test_410_on_any_call_is_session_expired_and_later_calls_send_nothing(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    import tinker_async as tinker
+
+    client = ServiceClient(base_url=fresh_server.url, api_key=api_key, heartbeat_interval=3600)
+    training = client.create_lora_training_client("local/byte-lm", rank=2).result(30)
+    datum = tinker.Datum(model_input=tinker.ModelInput.from_ints([1, 2, 3]),
+                         loss_fn_inputs={"target_tokens": [2, 3, 4], "weights": [1.0] * 3})
+    fresh_server.expire_session(client.session_id or "")
+    # The heartbeat has not noticed yet: the first training call meets the 410 itself.
+    with pytest.raises(SessionExpiredError, match="create a new ServiceClient"):
+        training.forward_backward([datum], "cross_entropy").result(30)
+    fresh_server.clear_requests()
+    for call in (lambda: training.optim_step(tinker.AdamParams(learning_rate=1e-3)),
+                 lambda: client.create_sampling_client(base_model="local/byte-lm"),
+                 lambda: training.save_state("x")):
+        with pytest.raises(SessionExpiredError):
+            call().result(30)
+    assert fresh_server.requests == []  # failed at once, nothing sent
+    client.close().result(10)

@@ -38,12 +38,15 @@ async def test_sync_future_is_awaitable_in_async_code(server: LocalServer, api_k
 
 @pytest.mark.anyio
 async def test_blocking_result_inside_running_loop_warns_once_and_works(
-    server: LocalServer, api_key: str
+    fresh_server: LocalServer, api_key: str
 ) -> None:
     import tinker_async._api_future as af
 
     af._warned_blocking = False
-    client = RestClient(base_url=server.url, api_key=api_key)
+    # Slow answers: the result is never there yet when result() is called (a finished
+    # future is read without a warning, as the official SDK's is).
+    fresh_server.faults.add(r"/training_runs$", delay_s=0.2, count=None)
+    client = RestClient(base_url=fresh_server.url, api_key=api_key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = client.list_training_runs().result(10)   # home is the background loop

@@ -36,7 +36,15 @@ import msgspec
 from ._config import RetryPolicy
 from ._loops import in_guest_run
 from ._transport import PROTOBUF, Response, Transport
-from .errors import APIConnectionError, APIError, APIStatusError, RequestFailedError, TinkerError
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    ClientClosedError,
+    RequestFailedError,
+    SessionExpiredError,
+    TinkerError,
+)
 
 __all__ = ["FuturePoller", "PromiseExpired", "QueueState", "QueueStateObserver"]
 
@@ -240,7 +248,8 @@ class _SessionLongPoll:
 
     def _fail_all(self, exc: Exception, *, permanent: bool = True) -> None:
         """Fail every waiter; a permanent failure also fails every later wait at once."""
-        failure = exc if isinstance(exc, APIConnectionError) else TinkerError(
+        failure = exc if isinstance(exc, (APIConnectionError, ClientClosedError,
+                                          SessionExpiredError)) else TinkerError(
             f"retrieve_futures polling failed: {exc}")
         if failure is not exc:
             failure.__cause__ = exc
@@ -405,7 +414,7 @@ class FuturePoller:
             await self.transport.request(
                 "POST", "cancel_future", json={"request_id": request_id}, timeout=30
             )
-        except APIError as exc:
+        except TinkerError as exc:  # a closed client, say: nothing more to do
             log.debug("cancel_future %s failed: %s", request_id, exc)
 
 

@@ -59,6 +59,7 @@ class Session:
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
         self._last_ok = 0.0
+        transport.on_session_gone = self._gone_error
         transport.home.on_move(self._forget_loop_state)
 
     def _forget_loop_state(self) -> None:
@@ -185,12 +186,19 @@ class Session:
         self._last_ok = asyncio.get_running_loop().time()
         return True
 
+    def _gone_error(self) -> SessionExpiredError:
+        self.mark_gone()
+        assert self.gone is not None
+        return self.gone
+
     def mark_gone(self) -> None:
         if self.gone is None:
             log.warning("session %s was ended by the server (HTTP 410)", self.id)
             self.gone = SessionExpiredError(
-                f"The server ended session {self.id} (HTTP 410: finished or expired after "
-                "missed heartbeats). Create a new ServiceClient to continue.",
+                f"The server ended session {self.id} (HTTP 410: finished, expired after "
+                "missed heartbeats, or lost in a server restart). Its training and sampling "
+                "clients cannot be used any more: create a new ServiceClient, and resume "
+                "training from your last checkpoint (create_training_client_from_state).",
                 session_id=self.id,
             )
 

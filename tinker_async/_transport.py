@@ -22,7 +22,7 @@ import platform
 import secrets
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -110,6 +110,20 @@ def _close_soon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop)
         except RuntimeError:  # the loop closed in between
             pass
     _orphans.append(session)
+
+
+def _closed_error() -> ClientClosedError:
+    return ClientClosedError("This client was closed while the call was in flight (or "
+                             "before it); create a new client to continue.")
+
+
+def _cancel_requested() -> bool:
+    """Whether the running task itself was asked to cancel (by its caller), as opposed to
+    a CancelledError raised out of a future that aiohttp cancelled. Python 3.10 cannot
+    tell the two apart: it assumes a cancel of the task."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return task is None or cancelling is None or cancelling() > 0
 
 
 def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
@@ -258,6 +272,10 @@ class Transport:
         self._auth_for: str | None = None
         self._auth_headers: dict[str, str] = {}
         self.closed = False
+        #: set when the owner starts closing: calls still in flight end as ClientClosedError
+        self.closing = False
+        #: set by the family's Session: turns a 410 into its SessionExpiredError
+        self.on_session_gone: Callable[[], BaseException] | None = None
         home.on_move(self._abandon_session)
         _sync.register_for_exit(self)
 
@@ -484,6 +502,12 @@ class Transport:
                 status = response.status
                 if status < 400 or status in ok_statuses:
                     return response
+                if status == 410 and self.closing:
+                    raise _closed_error()  # our own close finished the session
+                if status == 410 and self.on_session_gone is not None:
+                    # The session is over (finished, expired, or lost in a server restart):
+                    # no retry can help, and every later call must fail the same way.
+                    raise self.on_session_gone()
                 if (status == 401 and authenticate and not replayed
                         and 'error="invalid_token"' in response.headers.get("WWW-Authenticate", "")):
                     # The server wants a (new) JWT: exchange the key, and replay once. This is
@@ -532,7 +556,7 @@ class Transport:
         follow_redirects: bool = True,
     ) -> Response:
         if self.closed:
-            raise ClientClosedError("This client is closed; create a new one.")
+            raise _closed_error()
         session = self.session()
         try:
             async with session.request(
@@ -541,6 +565,12 @@ class Transport:
             ) as resp:
                 data = await resp.read()
                 return Response(resp.status, resp.headers, data)
+        except asyncio.CancelledError:
+            # Closing the pool cancels the requests still in it (also those waiting for a
+            # connection): those calls end as closed, not with a cancel nobody asked for.
+            if (self.closed or self.closing) and not _cancel_requested():
+                raise _closed_error() from None
+            raise
         except asyncio.TimeoutError:
             raise APITimeoutError(
                 f"{method} {url} timed out (no answer within {timeout.sock_read} s)",

@@ -37,7 +37,12 @@ __all__ = ["ServiceClient"]
 
 log = logging.getLogger("tinker_async")
 
-_EXIT_CLOSE_TIMEOUT_S = 5.0
+#: how long leaving a ``with`` block waits for the session's finish request
+_CLOSE_TIMEOUT_S = 10.0
+#: the same, after Ctrl-C or at interpreter exit: the finish is a courtesy (the server
+#: ends an unfinished session when its heartbeats stop), so a gone server must not hold
+#: up the exit
+_EXIT_CLOSE_TIMEOUT_S = 1.0
 
 
 def _env_tags() -> list[str]:
@@ -415,6 +420,7 @@ class ServiceClient:
         if self._closed:
             return
         self._closed = True
+        self._transport.closing = True
         _sync.unregister_for_exit(self)
         try:
             await self._session.close(status, detail)
@@ -433,8 +439,8 @@ class ServiceClient:
     def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
         """The models the server supports.
 
-        Sync form of :meth:`get_server_capabilities_async`; blocks until done and returns the value (as
-        the official SDK's does).
+        Sync form of :meth:`get_server_capabilities_async`; blocks until done and returns the value, as
+        the API it mirrors does.
         """
         return _sync.call(self, self.get_server_capabilities_async()).result()
 
@@ -503,7 +509,12 @@ class ServiceClient:
             self._closed = True
             _sync.unregister_for_exit(self)
             return
-        self.close(_finish_status(exc_type)).result(_EXIT_CLOSE_TIMEOUT_S * 2)
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+        closing = self.close(_finish_status(exc_type))
+        try:
+            closing.result(_EXIT_CLOSE_TIMEOUT_S if interrupted else _CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.info("the server did not answer the session's finish request in time")
 
     def _close_at_exit(self) -> None:
         """Called by atexit for a client still open: finish the session, quietly."""

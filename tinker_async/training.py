@@ -66,7 +66,9 @@ _ENCODE_OFF_LOOP_BYTES = 1 << 20
 class _Sequencer:
     """Keeps one model's submissions in call order and its wire seq ids gap-free."""
 
-    def __init__(self, first_seq: int) -> None:
+    def __init__(self, first_seq: int, check_open: Callable[[], None] = lambda: None) -> None:
+        #: raises if the client or its server session is gone: nothing is sent then
+        self._check_open = check_open
         self._lock = threading.Lock()
         self._next_ticket = 0
         self._turn = 0
@@ -81,6 +83,7 @@ class _Sequencer:
 
     def tickets(self, count: int = 1) -> range:
         """Places in line, taken synchronously when a call is made."""
+        self._check_open()
         if self._pid != os.getpid():
             # Parent and child would both number requests from the same counter, and the
             # server would take the child's steps as duplicates of the parent's.
@@ -226,7 +229,7 @@ class TrainingClient:
         self._home = service._home
         self.model_id = model_id
         self._info = info
-        self._seq = _Sequencer(first_seq)
+        self._seq = _Sequencer(first_seq, service._check_open)
         self._home.on_move(self._seq.reset_loop_state)
 
     def __repr__(self) -> str:
