@@ -232,7 +232,7 @@ def test_client_signatures_match_the_official_sdk() -> None:
         "ServiceClient": ["create_lora_training_client", "create_training_client_from_state",
                           "create_training_client_from_state_with_optimizer",
                           "create_sampling_client", "get_server_capabilities",
-                          "create_rest_client"],
+                          "create_rest_client", "create_custom_loss"],
         "TrainingClient": ["forward", "forward_backward", "forward_backward_custom",
                            "optim_step", "save_state", "load_state", "load_state_with_optimizer",
                            "save_weights_for_sampler", "save_weights_and_get_sampling_client",

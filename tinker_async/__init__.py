@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from ._api_future import ClientFuture as BackcompatTrainingClientFuture
     from ._config import RetryPolicy
     from ._futures import QueueState
+    from .custom_loss import LossHandle, PerDatumLossFn
     from .paths import InvalidPathError
     from .rest import AdminClient, RestClient
     from .sampling import SamplingClient
@@ -110,6 +111,8 @@ _LAZY: dict[str, str] = {
     "QueueState": "._futures",
     "Telemetry": ".telemetry",
     "InvalidPathError": ".paths",
+    "LossHandle": ".custom_loss",
+    "PerDatumLossFn": ".custom_loss",
     "AdminClient": ".rest",
     "RestClient": ".rest",
     "SamplingClient": ".sampling",
@@ -186,6 +189,7 @@ __all__ = [
     "InvalidRequestError",
     "LoraConfig",
     "LossFnType",
+    "LossHandle",
     "ModelID",
     "ModelInput",
     "ModelInputChunk",
@@ -194,6 +198,7 @@ __all__ = [
     "OptimStepRequest",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",
+    "PerDatumLossFn",
     "PermissionDeniedError",
     "PromptProvenanceSpan",
     "QueueState",
@@ -238,7 +243,7 @@ def install_as_tinker() -> None:
     lib = ModuleType("tinker.lib")
     public = ModuleType("tinker.lib.public_interfaces")
     for name in ("APIFuture", "RestClient", "AdminClient", "ServiceClient", "TrainingClient",
-                 "SamplingClient"):
+                 "SamplingClient", "LossHandle", "PerDatumLossFn"):
         setattr(public, name, getattr(this, name))
     lib.public_interfaces = public  # type: ignore[attr-defined]
     types_module = importlib.import_module(".types", __name__)

@@ -87,6 +87,8 @@ def check_forward_backward(
             raise InvalidRequestError(f"data[{i}]: model_input is empty")
         for key, tensor in datum.loss_fn_inputs.items():
             shape = tensor.shape
+            if shape is not None and len(shape) == 0:
+                continue  # a scalar input belongs to the datum, not to its positions
             first = shape[0] if shape else len(tensor.data)
             if first != length:
                 raise InvalidRequestError(

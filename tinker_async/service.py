@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import _sync
+from . import custom_loss as _custom_loss
 from ._api_future import APIFuture, ClientFuture
 from ._config import resolve_config
 from ._dialect import make_dialect
@@ -24,13 +25,14 @@ from ._loops import Home
 from ._session import FinishStatus, Session
 from ._sync import homed
 from ._transport import Transport
+from .custom_loss import LossHandle, PerDatumLossFn
 from .errors import APIError, APIStatusError, ClientClosedError, InvalidRequestError
 from .paths import parse_checkpoint_path
 from .rest import RestClient
 from .sampling import SamplingClient
 from .telemetry import Telemetry
 from .training import TrainingClient
-from .types import GetInfoResponse, GetServerCapabilitiesResponse, _wire
+from .types import CustomLossInputRank, GetInfoResponse, GetServerCapabilitiesResponse, _wire
 from .types._paths import CONSOLE_BASE_URL
 
 __all__ = ["ServiceClient"]
@@ -391,6 +393,43 @@ class ServiceClient:
             base_model = sampler.base_model
         return SamplingClient(self, sampling_session_id, base_model=base_model,
                               model_path=model_path, record_stability_info=record_stability_info)
+
+    @homed
+    async def create_custom_loss_async(
+        self, fn: PerDatumLossFn, input_ranks: Mapping[str, CustomLossInputRank]
+    ) -> LossHandle:
+        """Create a custom loss for ``TrainingClient.forward_backward_custom`` (alpha; needs torch).
+
+        ``fn(logprobs, *inputs) -> (loss, metrics)`` runs once per datum and the losses are
+        summed. It takes the datum's target ``logprobs`` first, then one tensor per
+        ``loss_fn_inputs`` key it reads; it returns a scalar tensor and a dict of scalar
+        tensors keyed ``custom/<name>:sum`` or ``custom/<name>:mean``. ``input_ranks``
+        gives each parameter's rank (0 scalar, 1 ``[T]``, 2 ``[T, K]``; ``logprobs`` has
+        the rank of ``target_tokens``). ``fn`` is traced with ``torch.fx`` and must use
+        only torch, math and operators: no branching on tensor values, no ``torch.nn``
+        modules, no captured tensors, no ``.item()``. A server with
+        ``custom_loss_server_side`` stores it and runs it in one ``forward_backward``;
+        elsewhere it runs client-side. Each loss is created once per session, and its
+        handle works only with clients of this session.
+        """
+        return await _custom_loss.create_custom_loss(self, _custom_loss.trace_loss(fn, input_ranks))
+
+    def create_custom_loss(
+        self, fn: PerDatumLossFn, input_ranks: Mapping[str, CustomLossInputRank]
+    ) -> APIFuture[LossHandle]:
+        """Create a custom loss for ``TrainingClient.forward_backward_custom`` (alpha; needs torch).
+
+        Sync form of :meth:`create_custom_loss_async`. As in the official SDK, ``fn`` is
+        traced and checked here, at the call (a bad ``fn`` raises at once); the upload runs
+        in the returned APIFuture.
+        """
+        self._check_open()
+        loss = _custom_loss.trace_loss(fn, input_ranks)
+        return _sync.call(self, self._create_traced_loss_async(loss))
+
+    @homed
+    async def _create_traced_loss_async(self, loss: LossHandle) -> LossHandle:
+        return await _custom_loss.create_custom_loss(self, loss)
 
     @homed
     async def copy_weights_async(

@@ -47,6 +47,7 @@ from .types import _wire
 from .types._paths import CONSOLE_BASE_URL
 
 if TYPE_CHECKING:
+    from .custom_loss import LossHandle
     from .sampling import SamplingClient
     from .service import ServiceClient
 
@@ -448,7 +449,7 @@ class TrainingClient:
 
     @homed
     async def forward_backward_custom_async(
-        self, data: Sequence[t.Datum], loss_fn: CustomLossFn, *,
+        self, data: Sequence[t.Datum], loss_fn: CustomLossFn | LossHandle, *,
         loss_type_input: Literal["logprobs"] | None = None,
     ) -> APIFuture[t.ForwardBackwardOutput]:
         """Train on a loss computed here, from the model's per-token logprobs.
@@ -459,13 +460,28 @@ class TrainingClient:
         with ``grads[i] = d loss / d logprobs[i]``. The server then trains on
         ``cross_entropy`` with ``weights = -grads``, which has the same gradient.
         ``loss_type_input`` is accepted for old code and ignored, as in the official SDK.
+
+        ``loss_fn`` may also be a :class:`~tinker_async.custom_loss.LossHandle` from
+        ``ServiceClient.create_custom_loss`` (of this client's session). One the server
+        stores (it has a ``loss_id``) runs there in a single ``forward_backward`` with
+        ``loss_fn="custom"``; otherwise it runs here per datum, in the two passes above.
         """
-        checked = check_forward_backward(data, "cross_entropy", None)
+        from .custom_loss import LossHandle, as_loss_fn, check_handle_batch
+
+        if isinstance(loss_fn, LossHandle):
+            checked = check_handle_batch(loss_fn, data, self._service.session_id)
+            if loss_fn.loss_id is not None:
+                return await self._run_forward_backward(
+                    checked, "custom", {"loss_id": loss_fn.loss_id}, False)
+            loss_fn = as_loss_fn(loss_fn)
+        else:
+            checked = check_forward_backward(data, "cross_entropy", None)
         forward_data = [
             t.Datum(model_input=d.model_input, loss_fn_inputs={
                 "target_tokens": d.loss_fn_inputs["target_tokens"],
-                "weights": t.TensorData.from_numpy(
-                    np.zeros(len(d.loss_fn_inputs["target_tokens"].data), dtype=np.float32)),
+                # Shaped like the targets: (T,), or (T, K) for a rank-2 logprobs loss.
+                "weights": t.TensorData.from_numpy(np.zeros(
+                    np.shape(d.loss_fn_inputs["target_tokens"].to_numpy()), dtype=np.float32)),
             }) for d in checked
         ]
         tickets = self._seq.tickets(2)
@@ -482,7 +498,7 @@ class TrainingClient:
             backward_data = [
                 t.Datum(model_input=d.model_input, loss_fn_inputs={
                     "target_tokens": d.loss_fn_inputs["target_tokens"],
-                    "weights": t.TensorData.from_numpy((-np.asarray(g, dtype=np.float32)).ravel()),
+                    "weights": t.TensorData.from_numpy(-np.asarray(g, dtype=np.float32)),
                 }) for d, g in zip(checked, grads, strict=True)
             ]
         except InvalidRequestError:
@@ -686,7 +702,7 @@ class TrainingClient:
         """
         return _sync.call_flat(self, self.forward_backward_async(data, loss_fn, loss_fn_config))
 
-    def forward_backward_custom(self, data: Sequence[t.Datum], loss_fn: CustomLossFn, *, loss_type_input: Literal['logprobs'] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
+    def forward_backward_custom(self, data: Sequence[t.Datum], loss_fn: CustomLossFn | LossHandle, *, loss_type_input: Literal['logprobs'] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
         """Train on a loss computed here, from the model's per-token logprobs.
 
         Sync form of :meth:`forward_backward_custom_async`: starts the call now and returns an APIFuture
@@ -696,6 +712,8 @@ class TrainingClient:
 
     def optim_step(self, optim_params: t.AdamParams | t.DimuonParams | None=None, *, adam_params: t.AdamParams | None=None) -> APIFuture[t.OptimStepResponse]:
         """Apply the accumulated gradients: AdamW with ``AdamParams`` (its defaults if
+        omitted), or Dimuon with ``DimuonParams`` for a model created with
+        ``optimizer=DimuonOptimizerConfig()``.
 
         Sync form of :meth:`optim_step_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).

@@ -28,6 +28,9 @@ require_jwt=False)``.
   Bearer``; else 401. ``require_jwt=True`` (with ``client_config={"pjwt_auth_enabled":
   True}``) makes a strict JWT-mode server: the key itself opens only ``client/config``
   and ``auth/token``, and is otherwise refused with a 401 ``invalid_token``.
+- Custom losses: with ``client_config={"custom_loss_server_side": True}`` (``--custom-loss-
+  server-side``) and torch installed in the server's process, ``create_custom_loss`` and
+  ``forward_backward(..., "custom", {"loss_id": ...})``; without torch, a clear 400.
   ``server.context.auth.revoke_tokens()`` invalidates every JWT issued so far.
 - ``data_dir``: where checkpoints live; default a temporary directory removed on stop.
   A server started on an existing directory reloads its runs and checkpoints.

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"a supported model name (repeatable; default {DEFAULT_MODEL})",
     )
+    parser.add_argument(
+        "--custom-loss-server-side",
+        action="store_true",
+        help="offer server-side custom losses (create_custom_loss; needs torch here)",
+    )
     return parser
 
 
@@ -83,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dialect=args.dialect,
         models=args.models or (DEFAULT_MODEL,),
         poll_hold_s=args.poll_hold,
+        client_config={"custom_loss_server_side": True} if args.custom_loss_server_side else None,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(server))

@@ -42,7 +42,8 @@ Inputs (``loss_fn_inputs``), all of the datum's length ``T``:
 ``beta`` key but we could not confirm its default). Unknown keys raise ``ValueError``.
 
 Not supported (``UnsupportedLossError``): ``stable_reinforce`` (needs per-sequence stability
-records from the sampler) and ``custom`` (needs an uploaded loss graph).
+records from the sampler). ``custom`` (an uploaded loss graph) never reaches this module:
+``_custom_losses`` runs it, when the server has ``custom_loss_server_side`` and torch.
 """
 
 from __future__ import annotations

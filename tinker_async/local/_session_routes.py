@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ._custom_losses import create_custom_loss
 from ._errors import bad_request, json_response, no_content
 from ._routing import Route, context, route
 from ._validate import Fields, read_json_object
@@ -189,6 +190,7 @@ ROUTES: tuple[Route, ...] = (
     route("POST", "/session_heartbeat", session_heartbeat, twinkle=True),
     route("POST", "/sessions/{session_id}/finish", finish_session),
     route("POST", "/create_sampling_session", create_sampling_session),
+    route("POST", "/create_custom_loss", create_custom_loss, when=lambda d: d.client_config),
     route(
         "POST",
         "/join_sampling_session",

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from .. import _proto
-from . import _model
+from . import _custom_losses, _model
 from ._errors import ApiError, bad_request, json_response, unprocessable
 from ._futures import FutureFailure
 from ._inputs import datum_from_json, datum_from_sdk
@@ -306,11 +306,15 @@ def _is_protobuf(request: web.Request) -> bool:
 
 
 def _fb_op(
+    ctx: ServerContext,
     convert: Callable[[], list[ModelDatum]],
     loss_fn: str,
     loss_fn_config: Mapping[str, float | str] | None,
     forward_only: bool,
 ) -> Op:
+    if loss_fn == "custom":  # an uploaded graph (create_custom_loss), run with torch
+        return _custom_losses.custom_loss_op(ctx, convert, loss_fn_config, forward_only)
+
     def op(model: TrainedModel, seq: int) -> Any:
         return _model.forward_backward(
             model.require_adapter(),
@@ -361,6 +365,7 @@ async def _protobuf_forward_backward(request: web.Request, forward_path: bool) -
     data = parts.data
     forward_only = parts.forward_only or forward_path
     op = _fb_op(
+        context(request),
         lambda: [datum_from_sdk(d, i) for i, d in enumerate(data)],
         parts.loss_fn,
         parts.loss_fn_config,
@@ -392,6 +397,7 @@ async def _json_forward_backward(request: web.Request, forward_path: bool) -> we
         return _reject(request, body, fields, problem, kind=_fb_kind(forward_only))
     items = data or []
     op = _fb_op(
+        ctx,
         lambda: [datum_from_json(d, i) for i, d in enumerate(items)],
         loss_fn,
         loss_fn_config,
