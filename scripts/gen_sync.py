@@ -10,7 +10,8 @@ gets a twin ``def foo(self, ...)`` with the same parameters, written between the
 
 - ``foo_async -> APIFuture[T]`` (queued training ops) gives ``foo -> APIFuture[T]``
   through ``_sync.call_flat``;
-- ``foo_async -> T`` gives ``foo -> APIFuture[T]`` through ``_sync.call``;
+- ``foo_async -> T`` gives ``foo -> APIFuture[T]`` through ``_sync.call``, and a client
+  result gives its Backcompat future (a future that is also the client);
 - the few listed in ``BLOCKING`` (where the official SDK's plain form blocks and returns
   the value), and every method of a class in ``BLOCKING_CLASSES``, give ``foo -> T``.
 
@@ -30,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["rest.py", "service.py", "training.py", "sampling.py", "twinkle.py"]
 BEGIN = "# --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---"
 END = "# --- END GENERATED SYNC FORMS ---"
-#: Results that are clients get a ClientFuture, which also forwards to the client (old code).
-CLIENT_TYPES = {"TrainingClient", "SamplingClient"}
+#: Results that are clients get a future that is also the client (old code uses it so).
+CLIENT_FUTURES = {"TrainingClient": "BackcompatTrainingClientFuture",
+                  "SamplingClient": "BackcompatSamplingClientFuture"}
 #: Sync forms that block and return the value, because the official SDK's do.
 BLOCKING = {("ServiceClient", "get_server_capabilities_async")}
 #: Classes whose plain forms all block and return values (Twinkle's client API).
@@ -73,10 +75,12 @@ def _sync_form(fn: ast.AsyncFunctionDef, indent: str, owner: str) -> str:
             f"    return _sync.call(self, self.{fn.name}({_call_args(fn.args)})).result()",
         ]
         return "\n".join(indent + line if line else "" for line in body)
+    extra = ""
     if returns.startswith("APIFuture["):
         runner, sync_returns = "_sync.call_flat", returns
-    elif returns in CLIENT_TYPES:
-        runner, sync_returns = "_sync.call_client", f"ClientFuture[{returns}]"
+    elif returns in CLIENT_FUTURES:
+        runner, sync_returns = "_sync.call_client", CLIENT_FUTURES[returns]
+        extra = f", {sync_returns}"
     else:
         runner, sync_returns = "_sync.call", f"APIFuture[{returns}]"
     params = ast.unparse(fn.args)
@@ -88,7 +92,7 @@ def _sync_form(fn: ast.AsyncFunctionDef, indent: str, owner: str) -> str:
         f"    Sync form of :meth:`{fn.name}`: starts the call now and returns an APIFuture",
         "    (``.result(timeout)`` blocks; ``await`` it in async code).",
         '    """',
-        f"    return {runner}(self, self.{fn.name}({_call_args(fn.args)}))",
+        f"    return {runner}(self, self.{fn.name}({_call_args(fn.args)}){extra})",
     ]
     return "\n".join(indent + line if line else "" for line in body)
 

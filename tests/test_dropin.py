@@ -160,3 +160,37 @@ def test_create_from_state_falls_back_when_the_server_refuses_the_one_call_form(
         assert len(refused) == 1  # learned once, then the two-step form only
         assert b"session_id" in refused[0].body and b"model_id" not in refused[0].body
         service.close().result(30)
+
+
+def test_client_futures_are_clients_and_forward(fresh_server: LocalServer, api_key: str) -> None:
+    import warnings
+
+    service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+    fut = service.create_sampling_client(base_model=MODEL)
+    assert isinstance(fut, tinker.SamplingClient) and isinstance(fut, tinker.APIFuture)
+    assert isinstance(fut, tinker.BackcompatSamplingClientFuture)
+    training_fut = service.create_lora_training_client(MODEL, rank=2)
+    assert isinstance(training_fut, tinker.TrainingClient)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Old code used the future as the client: it waits, forwards and warns.
+        out = fut.sample(tinker.ModelInput.from_ints([65]), 1,
+                         tinker.SamplingParams(max_tokens=1)).result(60)
+        assert training_fut.model_id == training_fut.result(60).model_id
+    assert len(out.sequences) == 1
+    assert any(issubclass(w.category, FutureWarning) for w in caught)
+    service.close().result(30)
+
+
+def test_auth_helpers(fresh_server: LocalServer, api_key: str,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tinker.auth.get_tinker_token() is None and not tinker.auth.tinker_has_credentials()
+    with pytest.raises(tinker.TinkerError, match="credential"):
+        tinker.auth.raise_if_tinker_not_accessible()
+    monkeypatch.setenv("TINKER_BASE_URL", fresh_server.url)
+    monkeypatch.setenv("TINKER_API_KEY", api_key)
+    assert tinker.auth.get_tinker_token() == api_key and tinker.auth.tinker_has_credentials()
+    tinker.auth.raise_if_tinker_not_accessible()  # the server accepts it
+    monkeypatch.setenv("TINKER_API_KEY", "tml-wrong-key-0000")
+    with pytest.raises(tinker.AuthenticationError):
+        tinker.auth.raise_if_tinker_not_accessible()

@@ -52,19 +52,22 @@ from .errors import (
 # command-line tools and worker processes, and aiohttp and numpy (most of the import
 # time) load with the first client or type that needs them.
 if TYPE_CHECKING:
-    from . import types
-    from ._api_future import APIFuture, BlockingCallWarning, ClientFuture
-    from ._api_future import ClientFuture as BackcompatSamplingClientFuture
-    from ._api_future import ClientFuture as BackcompatTrainingClientFuture
+    from . import auth, types
+    from ._api_future import (
+        APIFuture,
+        AwaitableConcurrentFuture,
+        BlockingCallWarning,
+        ClientFuture,
+    )
     from ._config import RetryPolicy
     from ._futures import QueueState
     from .custom_loss import LossHandle, PerDatumLossFn
     from .paths import InvalidPathError
     from .rest import AdminClient, RestClient
-    from .sampling import SamplingClient
+    from .sampling import BackcompatSamplingClientFuture, SamplingClient
     from .service import ServiceClient
     from .telemetry import Telemetry
-    from .training import TrainingClient
+    from .training import BackcompatTrainingClientFuture, TrainingClient
     from .twinkle import TwinkleClient
     from .types import (
         AdamOptimizerConfig,
@@ -102,11 +105,12 @@ if TYPE_CHECKING:
 
 _LAZY: dict[str, str] = {
     "APIFuture": "._api_future",
+    "AwaitableConcurrentFuture": "._api_future",
     "BlockingCallWarning": "._api_future",
     "ClientFuture": "._api_future",
     # The official names of the future that also forwards to the client it resolves to.
-    "BackcompatSamplingClientFuture": "._api_future",
-    "BackcompatTrainingClientFuture": "._api_future",
+    "BackcompatSamplingClientFuture": ".sampling",
+    "BackcompatTrainingClientFuture": ".training",
     "RetryPolicy": "._config",
     "QueueState": "._futures",
     "Telemetry": ".telemetry",
@@ -131,16 +135,12 @@ _LAZY: dict[str, str] = {
 }
 
 
-_RENAMED = {"BackcompatSamplingClientFuture": "ClientFuture",
-            "BackcompatTrainingClientFuture": "ClientFuture"}
-
-
 def __getattr__(name: str) -> Any:
-    if name == "types":
-        value: Any = importlib.import_module(".types", __name__)
+    if name in ("types", "auth"):
+        value: Any = importlib.import_module(f".{name}", __name__)
     elif name in _LAZY:
         module = importlib.import_module(_LAZY[name], __name__)
-        value = getattr(module, _RENAMED.get(name, name))
+        value = getattr(module, name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # later lookups are plain attribute reads
@@ -164,6 +164,7 @@ __all__ = [
     "AdamParams",
     "AdminClient",
     "AuthenticationError",
+    "AwaitableConcurrentFuture",
     "BackcompatSamplingClientFuture",
     "BackcompatTrainingClientFuture",
     "BadRequestError",
@@ -225,6 +226,7 @@ __all__ = [
     "UnprocessableEntityError",
     "UnsupportedByServerError",
     "__version__",
+    "auth",
     "install_as_tinker",
     "types",
 ]
@@ -245,6 +247,8 @@ def install_as_tinker() -> None:
     for name in ("APIFuture", "RestClient", "AdminClient", "ServiceClient", "TrainingClient",
                  "SamplingClient", "LossHandle", "PerDatumLossFn"):
         setattr(public, name, getattr(this, name))
+    # The official name of the future its plain methods return.
+    public.AwaitableConcurrentFuture = this.AwaitableConcurrentFuture  # type: ignore[attr-defined]
     lib.public_interfaces = public  # type: ignore[attr-defined]
     types_module = importlib.import_module(".types", __name__)
     modules: dict[str, ModuleType] = {
@@ -253,6 +257,7 @@ def install_as_tinker() -> None:
         "tinker.types.tensor_data": importlib.import_module(".types.tensor_data", __name__),
         "tinker.lib": lib,
         "tinker.lib.public_interfaces": public,
+        "tinker.auth": importlib.import_module(".auth", __name__),
     }
     for sub in ("datum", "model_input", "sampling_params", "loss_fn_type"):
         modules[f"tinker.types.{sub}"] = types_module

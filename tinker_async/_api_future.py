@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["APIFuture", "BlockingCallWarning", "ClientFuture"]
+__all__ = ["APIFuture", "BlockingCallWarning", "ClientFuture", "forward_client_methods"]
 
 T = TypeVar("T")
 
@@ -238,6 +238,10 @@ class APIFuture(Generic[T]):
         return f"<APIFuture {state}>"
 
 
+#: The official SDK's name of the future its plain methods return.
+AwaitableConcurrentFuture = APIFuture
+
+
 def _wait(cf: concurrent.futures.Future[T], timeout: float | None) -> T:
     """``cf.result(timeout)``, telling the work's own TimeoutError (an APITimeoutError,
     which on Python 3.11+ is a concurrent.futures.TimeoutError too) from running out of
@@ -265,6 +269,24 @@ class ClientFuture(APIFuture[T]):
             raise AttributeError(name)
         _warn_client_future_once()
         return getattr(self.result(), name)
+
+
+def forward_client_methods(future_cls: type[ClientFuture[Any]], client_cls: type) -> None:
+    """Make ``future_cls`` (a ClientFuture that subclasses ``client_cls``, as the official
+    Backcompat futures do, so ``isinstance(fut, SamplingClient)`` holds) forward every
+    public attribute of the client class to the client it resolves to, warning once."""
+    names = {name for klass in client_cls.__mro__ if klass is not object
+             for name in vars(klass) if not name.startswith("_")}
+    for name in names - set(vars(APIFuture)) - set(vars(ClientFuture)):
+        setattr(future_cls, name, _forwarded(name))
+
+
+def _forwarded(name: str) -> property:
+    def get(self: ClientFuture[Any]) -> Any:
+        _warn_client_future_once()
+        return getattr(self.result(), name)
+
+    return property(get, doc=f"The resolved client's ``{name}`` (deprecated: call .result()).")
 
 
 _warned_client_future = False

@@ -60,6 +60,7 @@ __all__ = [
 log = logging.getLogger("tinker_async")
 
 T = TypeVar("T")
+F = TypeVar("F", bound=ClientFuture[Any])
 P = ParamSpec("P")
 S = TypeVar("S", bound="HasHome")
 
@@ -161,10 +162,13 @@ def call(
     return future_type._from_threadsafe(coro, loop)
 
 
-def call_client(client: HasHome, coro: Coroutine[Any, Any, T]) -> ClientFuture[T]:
-    """Like :func:`call` for client-creating calls: the future also forwards to the client."""
-    fut = call(client, coro, ClientFuture)
-    assert isinstance(fut, ClientFuture)
+def call_client(
+    client: HasHome, coro: Coroutine[Any, Any, T], future_type: type[F]
+) -> F:
+    """Like :func:`call` for client-creating calls: ``future_type`` is a ClientFuture that
+    also stands in for the client it resolves to."""
+    fut = call(client, coro, future_type)
+    assert isinstance(fut, future_type)
     return fut
 
 

@@ -131,21 +131,31 @@ class APIStatusError(APIError):
 class BadRequestError(APIStatusError):
     """HTTP 400."""
 
+    status_code: int = 400
+
 
 class AuthenticationError(APIStatusError):
     """HTTP 401: the API key is missing or not accepted."""
+
+    status_code: int = 401
 
 
 class BillingError(APIStatusError):
     """HTTP 402."""
 
+    status_code: int = 402
+
 
 class PermissionDeniedError(APIStatusError):
     """HTTP 403."""
 
+    status_code: int = 403
+
 
 class NotFoundError(APIStatusError):
     """HTTP 404."""
+
+    status_code: int = 404
 
 
 class UnsupportedByServerError(NotFoundError):
@@ -156,13 +166,19 @@ class UnsupportedByServerError(NotFoundError):
 class ConflictError(APIStatusError):
     """HTTP 409 (for example a sequence-id conflict)."""
 
+    status_code: int = 409
+
 
 class UnprocessableEntityError(APIStatusError):
     """HTTP 422: the server rejected the request body."""
 
+    status_code: int = 422
+
 
 class RateLimitError(APIStatusError):
     """HTTP 429."""
+
+    status_code: int = 429
 
 
 class InternalServerError(APIStatusError):

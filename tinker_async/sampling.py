@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _proto, _sync
 from . import types as t
-from ._api_future import APIFuture
+from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._config import RetryPolicy, credential_sources
 from ._futures import PromiseExpired, QueueState
 from ._loops import LoopLock
@@ -45,7 +45,7 @@ from .types import _wire
 if TYPE_CHECKING:
     from .service import ServiceClient
 
-__all__ = ["SamplingClient"]
+__all__ = ["BackcompatSamplingClientFuture", "SamplingClient"]
 
 log = logging.getLogger("tinker_async")
 
@@ -475,3 +475,14 @@ def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None)
         model_path=state["model_path"], record_stability_info=state["record_stability_info"],
         clone_id=random.randrange(1, _CLONE_BLOCK),
     )
+
+
+class BackcompatSamplingClientFuture(ClientFuture[SamplingClient], SamplingClient):
+    """The future of a call that makes a SamplingClient. It is also a SamplingClient (as
+    in the official SDK): its client methods and attributes wait for the client and
+    forward to it, with a one-time FutureWarning (call ``.result()`` or ``await`` it)."""
+
+    __slots__ = ()
+
+
+forward_client_methods(BackcompatSamplingClientFuture, SamplingClient)

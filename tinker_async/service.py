@@ -12,12 +12,13 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 from . import _sync
 from . import custom_loss as _custom_loss
-from ._api_future import APIFuture, ClientFuture
+from ._api_future import APIFuture
 from ._config import resolve_config
 from ._dialect import make_dialect
 from ._futures import FuturePoller
@@ -29,9 +30,9 @@ from .custom_loss import LossHandle, PerDatumLossFn
 from .errors import APIError, APIStatusError, ClientClosedError, InvalidRequestError
 from .paths import parse_checkpoint_path
 from .rest import RestClient
-from .sampling import SamplingClient
+from .sampling import BackcompatSamplingClientFuture, SamplingClient
 from .telemetry import Telemetry
-from .training import TrainingClient
+from .training import BackcompatTrainingClientFuture, TrainingClient
 from .types import CustomLossInputRank, GetInfoResponse, GetServerCapabilitiesResponse, _wire
 from .types._paths import CONSOLE_BASE_URL
 
@@ -483,37 +484,37 @@ class ServiceClient:
         """
         return _sync.call(self, self.get_server_capabilities_async()).result()
 
-    def create_lora_training_client(self, base_model: str, rank: int=32, seed: int | None=None, train_mlp: bool=True, train_attn: bool=True, train_unembed: bool=True, user_metadata: Mapping[str, str] | None=None, optimizer: Any=None) -> ClientFuture[TrainingClient]:
+    def create_lora_training_client(self, base_model: str, rank: int=32, seed: int | None=None, train_mlp: bool=True, train_attn: bool=True, train_unembed: bool=True, user_metadata: Mapping[str, str] | None=None, optimizer: Any=None) -> BackcompatTrainingClientFuture:
         """Create a LoRA training run on ``base_model`` and return its TrainingClient.
 
         Sync form of :meth:`create_lora_training_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
-        return _sync.call_client(self, self.create_lora_training_client_async(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata, optimizer))
+        return _sync.call_client(self, self.create_lora_training_client_async(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata, optimizer), BackcompatTrainingClientFuture)
 
-    def create_training_client_from_state(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None, optimizer: Any=None) -> ClientFuture[TrainingClient]:
+    def create_training_client_from_state(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None, optimizer: Any=None) -> BackcompatTrainingClientFuture:
         """A new training run starting from the weights of a training checkpoint.
 
         Sync form of :meth:`create_training_client_from_state_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
-        return _sync.call_client(self, self.create_training_client_from_state_async(path, base_model, user_metadata, weights_access_token, optimizer))
+        return _sync.call_client(self, self.create_training_client_from_state_async(path, base_model, user_metadata, weights_access_token, optimizer), BackcompatTrainingClientFuture)
 
-    def create_training_client_from_state_with_optimizer(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None) -> ClientFuture[TrainingClient]:
+    def create_training_client_from_state_with_optimizer(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None) -> BackcompatTrainingClientFuture:
         """Like create_training_client_from_state, also restoring the optimizer state.
 
         Sync form of :meth:`create_training_client_from_state_with_optimizer_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
-        return _sync.call_client(self, self.create_training_client_from_state_with_optimizer_async(path, base_model, user_metadata, weights_access_token))
+        return _sync.call_client(self, self.create_training_client_from_state_with_optimizer_async(path, base_model, user_metadata, weights_access_token), BackcompatTrainingClientFuture)
 
-    def create_sampling_client(self, model_path: str | None=None, base_model: str | None=None, retry_config: Any=None, record_stability_info: bool=False) -> ClientFuture[SamplingClient]:
+    def create_sampling_client(self, model_path: str | None=None, base_model: str | None=None, retry_config: Any=None, record_stability_info: bool=False) -> BackcompatSamplingClientFuture:
         """A SamplingClient on saved sampler weights (``model_path``) or a ``base_model``.
 
         Sync form of :meth:`create_sampling_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
-        return _sync.call_client(self, self.create_sampling_client_async(model_path, base_model, retry_config, record_stability_info))
+        return _sync.call_client(self, self.create_sampling_client_async(model_path, base_model, retry_config, record_stability_info), BackcompatSamplingClientFuture)
 
     def copy_weights(self, path: str, *, ttl_seconds: int | None=None, weights_access_token: str | None=None) -> APIFuture[str]:
         """Copy a checkpoint into this client's project (``project_id``); the new path.
@@ -543,7 +544,12 @@ class ServiceClient:
     def __enter__(self) -> ServiceClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         if self._home.loop is None:  # never used: nothing on the server to finish
             self._closed = True
             _sync.unregister_for_exit(self)

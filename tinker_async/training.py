@@ -35,13 +35,14 @@ import numpy as np
 
 from . import _chunking, _proto, _sync
 from . import types as t
-from ._api_future import APIFuture, ClientFuture
+from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._loops import in_guest_run
 from ._sync import homed
 from ._transport import PROTOBUF, Response
 from ._validate import check_checkpoint_name, check_forward_backward, check_optim_params
 from .errors import APIConnectionError, APIError, InvalidRequestError, NotFoundError, TinkerError
 from .paths import parse_checkpoint_path
+from .sampling import BackcompatSamplingClientFuture
 from .telemetry import Telemetry
 from .types import _wire
 from .types._paths import CONSOLE_BASE_URL
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from .sampling import SamplingClient
     from .service import ServiceClient
 
-__all__ = ["TrainingClient"]
+__all__ = ["BackcompatTrainingClientFuture", "TrainingClient"]
 
 log = logging.getLogger("tinker_async")
 
@@ -760,21 +761,21 @@ class TrainingClient:
         """
         return _sync.call_flat(self, self.load_state_with_optimizer_async(path, weights_access_token))
 
-    def save_weights_and_get_sampling_client(self, name: str | None=None, retry_config: Any=None, record_stability_info: bool=False, kind: Literal['snapshot', 'inflight']='snapshot') -> ClientFuture[SamplingClient]:
+    def save_weights_and_get_sampling_client(self, name: str | None=None, retry_config: Any=None, record_stability_info: bool=False, kind: Literal['snapshot', 'inflight']='snapshot') -> BackcompatSamplingClientFuture:
         """Save the current weights for sampling and return a SamplingClient on them.
 
         Sync form of :meth:`save_weights_and_get_sampling_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
-        return _sync.call_client(self, self.save_weights_and_get_sampling_client_async(name, retry_config, record_stability_info, kind))
+        return _sync.call_client(self, self.save_weights_and_get_sampling_client_async(name, retry_config, record_stability_info, kind), BackcompatSamplingClientFuture)
 
-    def create_sampling_client(self, model_path: str, retry_config: Any=None, record_stability_info: bool=False) -> ClientFuture[SamplingClient]:
+    def create_sampling_client(self, model_path: str, retry_config: Any=None, record_stability_info: bool=False) -> BackcompatSamplingClientFuture:
         """A SamplingClient on saved sampler weights (``tinker://.../sampler_weights/...``).
 
         Sync form of :meth:`create_sampling_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
-        return _sync.call_client(self, self.create_sampling_client_async(model_path, retry_config, record_stability_info))
+        return _sync.call_client(self, self.create_sampling_client_async(model_path, retry_config, record_stability_info), BackcompatSamplingClientFuture)
     # --- END GENERATED SYNC FORMS ---
 
 
@@ -815,3 +816,14 @@ def _custom_loss_gradients(
         if np.shape(g) != np.shape(lp):
             raise InvalidRequestError(f"grads[{i}] has shape {np.shape(g)}, logprobs {np.shape(lp)}")
     return float(np.sum(loss)), {k: float(v) for k, v in metrics.items()}, [np.asarray(g) for g in grads]
+
+
+class BackcompatTrainingClientFuture(ClientFuture[TrainingClient], TrainingClient):
+    """The future of a call that makes a TrainingClient. It is also a TrainingClient (as
+    in the official SDK): its client methods and attributes wait for the client and
+    forward to it, with a one-time FutureWarning (call ``.result()`` or ``await`` it)."""
+
+    __slots__ = ()
+
+
+forward_client_methods(BackcompatTrainingClientFuture, TrainingClient)
