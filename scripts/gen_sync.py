@@ -15,6 +15,9 @@ gets a twin ``def foo(self, ...)`` with the same parameters, written between the
 - the few listed in ``BLOCKING`` (where the official SDK's plain form blocks and returns
   the value), and every method of a class in ``BLOCKING_CLASSES``, give ``foo -> T``.
 
+Each plain form first checks its arguments against the ``_async`` method's annotations
+(``_argcheck``), so a wrong type fails at the call, not later in the future.
+
 The output is checked in, so type checkers and IDEs see both forms with real signatures,
 and tracing code can still replace either with ``setattr`` on the class. CI runs
 ``python scripts/gen_sync.py --check``, which fails if any output is stale.
@@ -72,6 +75,7 @@ def _sync_form(fn: ast.AsyncFunctionDef, indent: str, owner: str) -> str:
             f"    Sync form of :meth:`{fn.name}`; blocks until done and returns the value, as",
             "    the API it mirrors does.",
             '    """',
+            f"    _argcheck.check_call(self.{fn.name}, locals())",
             f"    return _sync.call(self, self.{fn.name}({_call_args(fn.args)})).result()",
         ]
         return "\n".join(indent + line if line else "" for line in body)
@@ -92,6 +96,7 @@ def _sync_form(fn: ast.AsyncFunctionDef, indent: str, owner: str) -> str:
         f"    Sync form of :meth:`{fn.name}`: starts the call now and returns an APIFuture",
         "    (``.result(timeout)`` blocks; ``await`` it in async code).",
         '    """',
+        f"    _argcheck.check_call(self.{fn.name}, locals())",
         f"    return {runner}(self, self.{fn.name}({_call_args(fn.args)}){extra})",
     ]
     return "\n".join(indent + line if line else "" for line in body)

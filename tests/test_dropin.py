@@ -171,6 +171,9 @@ def test_client_futures_are_clients_and_forward(fresh_server: LocalServer, api_k
     assert isinstance(fut, tinker.BackcompatSamplingClientFuture)
     training_fut = service.create_lora_training_client(MODEL, rank=2)
     assert isinstance(training_fut, tinker.TrainingClient)
+    from tinker_async import _api_future
+
+    _api_future._warned_client_future = False  # it warns once per process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # Old code used the future as the client: it waits, forwards and warns.
@@ -194,3 +197,39 @@ def test_auth_helpers(fresh_server: LocalServer, api_key: str,
     monkeypatch.setenv("TINKER_API_KEY", "tml-wrong-key-0000")
     with pytest.raises(tinker.AuthenticationError):
         tinker.auth.raise_if_tinker_not_accessible()
+
+
+def test_wrong_argument_types_fail_at_the_call(fresh_server: LocalServer, api_key: str) -> None:
+    service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+    fresh_server.clear_requests()
+    with pytest.raises(tinker.InvalidRequestError, match=r"create_lora_training_client\(\): "
+                       r"base_model must be str, got int 123"):
+        service.create_lora_training_client(123)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rank must be int"):
+        service.create_lora_training_client(MODEL, rank="8")  # type: ignore[arg-type]
+    rest = service.create_rest_client()
+    with pytest.raises(ValueError, match="limit must be int"):
+        rest.list_training_runs(limit="ten")  # type: ignore[arg-type]
+    assert fresh_server.requests == []  # nothing was sent
+    training = service.create_lora_training_client(MODEL, rank=2).result(60)
+    sampler = service.create_sampling_client(base_model=MODEL).result(60)
+    with pytest.raises(ValueError, match="prompt must be ModelInput, got str"):
+        sampler.sample("hello", 1, tinker.SamplingParams())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="data must be a list of Datum, got str"):
+        training.forward_backward("not data", "cross_entropy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="loss_fn must be one of 'cross_entropy', "):
+        training.forward_backward([], "no_such_loss")  # type: ignore[arg-type]
+
+    async def async_forms() -> None:
+        with pytest.raises(ValueError, match="num_samples must be int"):
+            await sampler.sample_async(tinker.ModelInput.from_ints([1]), "2",  # type: ignore[arg-type]
+                                       tinker.SamplingParams())
+
+    asyncio.run(async_forms())
+    # Numpy integers and lists-or-tuples are fine, as with the official types.
+    import numpy as np
+
+    out = sampler.sample(tinker.ModelInput.from_ints([1, 2]), np.int64(1),
+                         tinker.SamplingParams(max_tokens=1)).result(60)
+    assert len(out.sequences) == 1
+    service.close().result(30)

@@ -408,7 +408,7 @@ def _bad_batches(tok: Any) -> list[tuple[Any, str, str]]:
         ([missing], "cross_entropy", "target_tokens"),
         ([short], "cross_entropy", "positions"),
         ([], "cross_entropy", "empty"),
-        ([good], "no_such_loss", "unknown loss_fn"),
+        ([good], "no_such_loss", "loss_fn must be one of"),
         ([rl_missing], "ppo", "advantages"),
         (good, "cross_entropy", "list of Datum"),
     ]
@@ -426,7 +426,7 @@ async def test_validation_errors_are_raised_before_sending_and_take_no_seq_id(
             with pytest.raises(tinker.InvalidRequestError, match=match):
                 await method(data, loss_fn)
         with pytest.raises(tinker.InvalidRequestError, match=match):
-            await tc.forward_backward(data, loss_fn)  # plain form: the future raises
+            await tc.forward_backward(data, loss_fn)  # plain form: raises at the call
     with pytest.raises(tinker.InvalidRequestError):
         await tc.optim_step_async(tinker.AdamParams(learning_rate=-1.0))
     with pytest.raises(tinker.InvalidRequestError):

@@ -44,6 +44,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from . import _api_future, _loops
 from ._api_future import APIFuture, ClientFuture
+from ._argcheck import ArgumentChecks
 from ._loops import Home, LoopLock, background_loop, in_guest_run, running_loop
 
 __all__ = [
@@ -74,8 +75,11 @@ def homed(
 ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
     """Run a client coroutine method on the client's home loop (hopping there if needed)."""
 
+    checks = ArgumentChecks(fn)
+
     @functools.wraps(fn)
     async def on_home(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        checks.positional(args, kwargs)
         home = self._home
         loop = asyncio.get_running_loop()
         if home.loop is loop and home.pid == _loops.current_pid():
@@ -88,6 +92,7 @@ def homed(
         inner = asyncio.run_coroutine_threadsafe(fn(self, *args, **kwargs), home.loop)
         return await asyncio.wrap_future(inner)
 
+    on_home.__argcheck__ = checks  # type: ignore[attr-defined]  # for the plain forms
     # functools.wraps hides the (self, *args) signature from mypy; it is the same one.
     return cast("Callable[Concatenate[S, P], Coroutine[Any, Any, T]]", on_home)
 

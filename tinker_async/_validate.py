@@ -8,6 +8,7 @@ punish with ``409 Sequence conflict`` on every later call.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -151,7 +152,7 @@ def check_sampling(
         )
     if not prompt.chunks:
         raise InvalidRequestError("prompt is empty")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
         raise InvalidRequestError(f"num_samples must be an int >= 1, got {num_samples!r}")
     if not isinstance(params, t.SamplingParams):
         raise InvalidRequestError(
@@ -168,7 +169,7 @@ def check_sampling(
     for name, value in (("topk_prompt_logprobs", topk_prompt_logprobs),
                         ("topk_sample_logprobs", topk_sample_logprobs),
                         ("prompt_alt_tokens_k", prompt_alt_tokens_k)):
-        if not isinstance(value, int) or value < 0:
+        if not isinstance(value, numbers.Integral) or value < 0:
             raise InvalidRequestError(f"{name} must be an int >= 0, got {value!r}")
     if prompt_logprobs_last_n is not None:
         if prompt_logprobs_last_n < 1:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import numbers
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import msgspec
 
-from . import _sync
+from . import _argcheck, _sync
 from . import types as t
 from ._api_future import APIFuture
 from ._auth import jwt_claims
@@ -61,9 +62,9 @@ def _id(name: str, value: str, *, slash_ok: bool = False) -> str:
 
 
 def _page_args(limit: int, offset: int) -> dict[str, int]:
-    if not isinstance(limit, int) or limit < 1:
+    if not isinstance(limit, numbers.Integral) or limit < 1:
         raise InvalidRequestError(f"limit must be an int >= 1, got {limit!r}")
-    if not isinstance(offset, int) or offset < 0:
+    if not isinstance(offset, numbers.Integral) or offset < 0:
         raise InvalidRequestError(f"offset must be an int >= 0, got {offset!r}")
     return {"limit": limit, "offset": offset}
 
@@ -154,6 +155,7 @@ class _RestBase:
         Sync form of :meth:`close_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.close_async, locals())
         return _sync.call(self, self.close_async())
     # --- END GENERATED SYNC FORMS ---
 
@@ -397,7 +399,7 @@ class RestClient(_RestBase):
     ) -> None:
         """Expire the checkpoint ``ttl_seconds`` from now; ``None`` removes the expiry."""
         if ttl_seconds is not None and (
-            isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0
+            isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, numbers.Integral) or ttl_seconds <= 0
         ):
             raise InvalidRequestError(
                 f"ttl_seconds must be a positive int (or None to remove the expiry), got {ttl_seconds!r}"
@@ -650,6 +652,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_server_capabilities_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_server_capabilities_async, locals())
         return _sync.call(self, self.get_server_capabilities_async())
 
     def health_check(self, timeout: float=5.0) -> APIFuture[bool]:
@@ -658,6 +661,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`health_check_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.health_check_async, locals())
         return _sync.call(self, self.health_check_async(timeout))
 
     def get_capacity_info(self) -> APIFuture[t.CapacityInfo]:
@@ -666,6 +670,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_capacity_info_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_capacity_info_async, locals())
         return _sync.call(self, self.get_capacity_info_async())
 
     def get_training_run(self, training_run_id: str, access_scope: AccessScope='owned') -> APIFuture[t.TrainingRun]:
@@ -674,6 +679,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_training_run_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_training_run_async, locals())
         return _sync.call(self, self.get_training_run_async(training_run_id, access_scope))
 
     def get_training_run_by_tinker_path(self, tinker_path: str, access_scope: AccessScope='owned') -> APIFuture[t.TrainingRun]:
@@ -682,6 +688,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_training_run_by_tinker_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_training_run_by_tinker_path_async, locals())
         return _sync.call(self, self.get_training_run_by_tinker_path_async(tinker_path, access_scope))
 
     def list_training_runs(self, limit: int=20, offset: int=0, access_scope: AccessScope='owned', project_id: str | None=None) -> APIFuture[t.TrainingRunsResponse]:
@@ -690,6 +697,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`list_training_runs_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.list_training_runs_async, locals())
         return _sync.call(self, self.list_training_runs_async(limit, offset, access_scope, project_id))
 
     def list_training_runs_with_cursor(self, limit: int=20, offset: int=0, access_scope: AccessScope='owned') -> APIFuture[tuple[list[t.TrainingRun], t.Cursor | None]]:
@@ -698,6 +706,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`list_training_runs_with_cursor_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.list_training_runs_with_cursor_async, locals())
         return _sync.call(self, self.list_training_runs_with_cursor_async(limit, offset, access_scope))
 
     def find_training_runs_by_model(self, base_model: str, access_scope: AccessScope='owned') -> APIFuture[list[t.TrainingRun]]:
@@ -706,6 +715,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`find_training_runs_by_model_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.find_training_runs_by_model_async, locals())
         return _sync.call(self, self.find_training_runs_by_model_async(base_model, access_scope))
 
     def list_checkpoints(self, training_run_id: str) -> APIFuture[t.CheckpointsListResponse]:
@@ -714,6 +724,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`list_checkpoints_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.list_checkpoints_async, locals())
         return _sync.call(self, self.list_checkpoints_async(training_run_id))
 
     def list_user_checkpoints(self, limit: int=100, offset: int=0) -> APIFuture[t.CheckpointsListResponse]:
@@ -722,6 +733,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`list_user_checkpoints_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.list_user_checkpoints_async, locals())
         return _sync.call(self, self.list_user_checkpoints_async(limit, offset))
 
     def get_checkpoint_path(self, training_run_id: str, checkpoint_id: str) -> APIFuture[t.CheckpointPath]:
@@ -730,6 +742,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_checkpoint_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_checkpoint_path_async, locals())
         return _sync.call(self, self.get_checkpoint_path_async(training_run_id, checkpoint_id))
 
     def get_latest_checkpoint_path(self, training_run_id: str, checkpoint_type: Literal['training', 'sampler', 'external'] | None='training') -> APIFuture[str | None]:
@@ -738,6 +751,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_latest_checkpoint_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_latest_checkpoint_path_async, locals())
         return _sync.call(self, self.get_latest_checkpoint_path_async(training_run_id, checkpoint_type))
 
     def delete_checkpoint(self, training_run_id: str, checkpoint_id: str) -> APIFuture[None]:
@@ -746,6 +760,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`delete_checkpoint_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.delete_checkpoint_async, locals())
         return _sync.call(self, self.delete_checkpoint_async(training_run_id, checkpoint_id))
 
     def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
@@ -754,6 +769,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`delete_checkpoint_from_tinker_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.delete_checkpoint_from_tinker_path_async, locals())
         return _sync.call(self, self.delete_checkpoint_from_tinker_path_async(tinker_path))
 
     def publish_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
@@ -762,6 +778,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`publish_checkpoint_from_tinker_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.publish_checkpoint_from_tinker_path_async, locals())
         return _sync.call(self, self.publish_checkpoint_from_tinker_path_async(tinker_path))
 
     def unpublish_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
@@ -770,6 +787,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`unpublish_checkpoint_from_tinker_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.unpublish_checkpoint_from_tinker_path_async, locals())
         return _sync.call(self, self.unpublish_checkpoint_from_tinker_path_async(tinker_path))
 
     def set_checkpoint_ttl_from_tinker_path(self, tinker_path: str, ttl_seconds: int | None) -> APIFuture[None]:
@@ -778,6 +796,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`set_checkpoint_ttl_from_tinker_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.set_checkpoint_ttl_from_tinker_path_async, locals())
         return _sync.call(self, self.set_checkpoint_ttl_from_tinker_path_async(tinker_path, ttl_seconds))
 
     def get_external_weights_urls(self, tinker_path: str) -> APIFuture[t.ExternalWeightsUrlsResponse]:
@@ -786,6 +805,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_external_weights_urls_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_external_weights_urls_async, locals())
         return _sync.call(self, self.get_external_weights_urls_async(tinker_path))
 
     def get_checkpoint_archive_url(self, training_run_id: str, checkpoint_id: str) -> APIFuture[CheckpointArchiveUrlResponse]:
@@ -794,6 +814,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_checkpoint_archive_url_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_checkpoint_archive_url_async, locals())
         return _sync.call(self, self.get_checkpoint_archive_url_async(training_run_id, checkpoint_id))
 
     def get_checkpoint_archive_url_from_tinker_path(self, tinker_path: str) -> APIFuture[CheckpointArchiveUrlResponse]:
@@ -802,6 +823,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_checkpoint_archive_url_from_tinker_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_checkpoint_archive_url_from_tinker_path_async, locals())
         return _sync.call(self, self.get_checkpoint_archive_url_from_tinker_path_async(tinker_path))
 
     def get_weights_info_by_tinker_path(self, tinker_path: str) -> APIFuture[t.WeightsInfoResponse]:
@@ -810,6 +832,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_weights_info_by_tinker_path_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_weights_info_by_tinker_path_async, locals())
         return _sync.call(self, self.get_weights_info_by_tinker_path_async(tinker_path))
 
     def get_weights_info(self, path: str) -> APIFuture[t.WeightsInfoResponse]:
@@ -818,6 +841,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_weights_info_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_weights_info_async, locals())
         return _sync.call(self, self.get_weights_info_async(path))
 
     def copy_weights(self, path: str, destination_project_id: str | None=None, *, ttl_seconds: int | None=None, weights_access_token: str | None=None) -> APIFuture[str]:
@@ -826,6 +850,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`copy_weights_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.copy_weights_async, locals())
         return _sync.call(self, self.copy_weights_async(path, destination_project_id, ttl_seconds=ttl_seconds, weights_access_token=weights_access_token))
 
     def get_session(self, session_id: str, access_scope: AccessScope='owned') -> APIFuture[t.GetSessionResponse]:
@@ -834,6 +859,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_session_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_session_async, locals())
         return _sync.call(self, self.get_session_async(session_id, access_scope))
 
     def list_sessions(self, limit: int=20, offset: int=0, access_scope: AccessScope='owned') -> APIFuture[t.ListSessionsResponse]:
@@ -842,6 +868,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`list_sessions_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.list_sessions_async, locals())
         return _sync.call(self, self.list_sessions_async(limit, offset, access_scope))
 
     def assign_session_project(self, session_id: str, project_id: str) -> APIFuture[None]:
@@ -850,6 +877,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`assign_session_project_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.assign_session_project_async, locals())
         return _sync.call(self, self.assign_session_project_async(session_id, project_id))
 
     def export_session_trace(self, session_id: str, poll_interval: float=5.0, timeout: float=600.0) -> APIFuture[str]:
@@ -858,6 +886,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`export_session_trace_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.export_session_trace_async, locals())
         return _sync.call(self, self.export_session_trace_async(session_id, poll_interval, timeout))
 
     def search_sessions(self, request: t.SessionSearchRequest) -> APIFuture[t.SessionSearchResponse]:
@@ -866,6 +895,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`search_sessions_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.search_sessions_async, locals())
         return _sync.call(self, self.search_sessions_async(request))
 
     def get_sampler(self, sampler_id: str) -> APIFuture[t.GetSamplerResponse]:
@@ -874,6 +904,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_sampler_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_sampler_async, locals())
         return _sync.call(self, self.get_sampler_async(sampler_id))
 
     def cleanup_futures(self, max_age_hours: float=24.0) -> APIFuture[int]:
@@ -882,6 +913,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`cleanup_futures_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.cleanup_futures_async, locals())
         return _sync.call(self, self.cleanup_futures_async(max_age_hours))
 
     def whoami(self) -> APIFuture[t.WhoamiResponse]:
@@ -890,6 +922,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`whoami_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.whoami_async, locals())
         return _sync.call(self, self.whoami_async())
 
     def get_audit_log(self, event_type: AuditEventType='all', day: dt.date | None=None) -> APIFuture[t.AuditLogResponse]:
@@ -898,6 +931,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_audit_log_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_audit_log_async, locals())
         return _sync.call(self, self.get_audit_log_async(event_type, day))
 
     def get_billing_usage(self, starting_on: dt.datetime | str, ending_before: dt.datetime | str) -> APIFuture[t.BillingUsageResponse]:
@@ -906,6 +940,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_billing_usage_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_billing_usage_async, locals())
         return _sync.call(self, self.get_billing_usage_async(starting_on, ending_before))
 
     def get_current_checkpoint_storage_usage(self, project_id: str | None=None) -> APIFuture[t.CurrentCheckpointStorageUsageResponse]:
@@ -914,6 +949,7 @@ class RestClient(_RestBase):
         Sync form of :meth:`get_current_checkpoint_storage_usage_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_current_checkpoint_storage_usage_async, locals())
         return _sync.call(self, self.get_current_checkpoint_storage_usage_async(project_id))
     # --- END GENERATED SYNC FORMS ---
 
@@ -977,6 +1013,7 @@ class AdminClient(_RestBase):
         Sync form of :meth:`get_audit_log_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_audit_log_async, locals())
         return _sync.call(self, self.get_audit_log_async(event_type, day))
 
     def get_billing_usage(self, starting_on: dt.datetime | str, ending_before: dt.datetime | str) -> APIFuture[t.BillingUsageResponse]:
@@ -985,6 +1022,7 @@ class AdminClient(_RestBase):
         Sync form of :meth:`get_billing_usage_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_billing_usage_async, locals())
         return _sync.call(self, self.get_billing_usage_async(starting_on, ending_before))
 
     def get_current_checkpoint_storage_usage(self, project_id: str | None=None) -> APIFuture[t.CurrentCheckpointStorageUsageResponse]:
@@ -993,6 +1031,7 @@ class AdminClient(_RestBase):
         Sync form of :meth:`get_current_checkpoint_storage_usage_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.get_current_checkpoint_storage_usage_async, locals())
         return _sync.call(self, self.get_current_checkpoint_storage_usage_async(project_id))
     # --- END GENERATED SYNC FORMS ---
 

@@ -28,7 +28,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from . import _proto, _sync
+from . import _argcheck, _proto, _sync
 from . import types as t
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._config import RetryPolicy, credential_sources
@@ -425,6 +425,7 @@ class SamplingClient:
         Sync form of :meth:`sample_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.sample_async, locals())
         return _sync.call(self, self.sample_async(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs, topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k, prompt_logprobs_last_n))
 
     def compute_logprobs(self, prompt: t.ModelInput, prompt_logprobs_last_n: int | None=None) -> APIFuture[list[float | None]]:
@@ -433,6 +434,7 @@ class SamplingClient:
         Sync form of :meth:`compute_logprobs_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.compute_logprobs_async, locals())
         return _sync.call(self, self.compute_logprobs_async(prompt, prompt_logprobs_last_n))
     # --- END GENERATED SYNC FORMS ---
 

@@ -8,6 +8,7 @@ close_async()`` or ``close()``; one left open is closed at interpreter exit.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 import warnings
@@ -16,7 +17,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from . import _sync
+from . import _argcheck, _sync
 from . import custom_loss as _custom_loss
 from ._api_future import APIFuture
 from ._config import resolve_config
@@ -244,7 +245,7 @@ class ServiceClient:
         """Create a LoRA training run on ``base_model`` and return its TrainingClient."""
         if not isinstance(base_model, str) or not base_model:
             raise InvalidRequestError("base_model must be a model name (see get_server_capabilities)")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
             raise InvalidRequestError(f"rank must be an int >= 1, got {rank!r}")
         if not (train_mlp or train_attn or train_unembed):
             raise InvalidRequestError("at least one of train_mlp, train_attn, train_unembed must be True")
@@ -474,6 +475,7 @@ class ServiceClient:
         Sync form of :meth:`connect_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.connect_async, locals())
         return _sync.call(self, self.connect_async())
 
     def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
@@ -482,6 +484,7 @@ class ServiceClient:
         Sync form of :meth:`get_server_capabilities_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_server_capabilities_async, locals())
         return _sync.call(self, self.get_server_capabilities_async()).result()
 
     def create_lora_training_client(self, base_model: str, rank: int=32, seed: int | None=None, train_mlp: bool=True, train_attn: bool=True, train_unembed: bool=True, user_metadata: Mapping[str, str] | None=None, optimizer: Any=None) -> BackcompatTrainingClientFuture:
@@ -490,6 +493,7 @@ class ServiceClient:
         Sync form of :meth:`create_lora_training_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.create_lora_training_client_async, locals())
         return _sync.call_client(self, self.create_lora_training_client_async(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata, optimizer), BackcompatTrainingClientFuture)
 
     def create_training_client_from_state(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None, optimizer: Any=None) -> BackcompatTrainingClientFuture:
@@ -498,6 +502,7 @@ class ServiceClient:
         Sync form of :meth:`create_training_client_from_state_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.create_training_client_from_state_async, locals())
         return _sync.call_client(self, self.create_training_client_from_state_async(path, base_model, user_metadata, weights_access_token, optimizer), BackcompatTrainingClientFuture)
 
     def create_training_client_from_state_with_optimizer(self, path: str, base_model: str | None=None, user_metadata: Mapping[str, str] | None=None, weights_access_token: str | None=None) -> BackcompatTrainingClientFuture:
@@ -506,6 +511,7 @@ class ServiceClient:
         Sync form of :meth:`create_training_client_from_state_with_optimizer_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.create_training_client_from_state_with_optimizer_async, locals())
         return _sync.call_client(self, self.create_training_client_from_state_with_optimizer_async(path, base_model, user_metadata, weights_access_token), BackcompatTrainingClientFuture)
 
     def create_sampling_client(self, model_path: str | None=None, base_model: str | None=None, retry_config: Any=None, record_stability_info: bool=False) -> BackcompatSamplingClientFuture:
@@ -514,6 +520,7 @@ class ServiceClient:
         Sync form of :meth:`create_sampling_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.create_sampling_client_async, locals())
         return _sync.call_client(self, self.create_sampling_client_async(model_path, base_model, retry_config, record_stability_info), BackcompatSamplingClientFuture)
 
     def copy_weights(self, path: str, *, ttl_seconds: int | None=None, weights_access_token: str | None=None) -> APIFuture[str]:
@@ -522,6 +529,7 @@ class ServiceClient:
         Sync form of :meth:`copy_weights_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.copy_weights_async, locals())
         return _sync.call(self, self.copy_weights_async(path, ttl_seconds=ttl_seconds, weights_access_token=weights_access_token))
 
     def close(self, status: FinishStatus='success', detail: str | None=None) -> APIFuture[None]:
@@ -530,6 +538,7 @@ class ServiceClient:
         Sync form of :meth:`close_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.close_async, locals())
         return _sync.call(self, self.close_async(status, detail))
     # --- END GENERATED SYNC FORMS ---
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import numbers
 import os
 import threading
 import time
@@ -33,7 +34,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from . import _chunking, _proto, _sync
+from . import _argcheck, _chunking, _proto, _sync
 from . import types as t
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._loops import in_guest_run
@@ -608,7 +609,7 @@ class TrainingClient:
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"model_id": self.model_id, "path": name}
         if ttl_seconds is not None:
-            if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+            if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, numbers.Integral) or ttl_seconds <= 0:
                 raise InvalidRequestError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
             body["ttl_seconds"] = ttl_seconds
         if user_metadata:
@@ -693,6 +694,7 @@ class TrainingClient:
         Sync form of :meth:`forward_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.forward_async, locals())
         return _sync.call_flat(self, self.forward_async(data, loss_fn, loss_fn_config))
 
     def forward_backward(self, data: Sequence[t.Datum], loss_fn: t.LossFnType, loss_fn_config: Mapping[str, float | str] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
@@ -701,6 +703,7 @@ class TrainingClient:
         Sync form of :meth:`forward_backward_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.forward_backward_async, locals())
         return _sync.call_flat(self, self.forward_backward_async(data, loss_fn, loss_fn_config))
 
     def forward_backward_custom(self, data: Sequence[t.Datum], loss_fn: CustomLossFn | LossHandle, *, loss_type_input: Literal['logprobs'] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
@@ -709,6 +712,7 @@ class TrainingClient:
         Sync form of :meth:`forward_backward_custom_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.forward_backward_custom_async, locals())
         return _sync.call_flat(self, self.forward_backward_custom_async(data, loss_fn, loss_type_input=loss_type_input))
 
     def optim_step(self, optim_params: t.AdamParams | t.DimuonParams | None=None, *, adam_params: t.AdamParams | None=None) -> APIFuture[t.OptimStepResponse]:
@@ -719,6 +723,7 @@ class TrainingClient:
         Sync form of :meth:`optim_step_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.optim_step_async, locals())
         return _sync.call_flat(self, self.optim_step_async(optim_params, adam_params=adam_params))
 
     def save_state(self, name: str, ttl_seconds: int | None=None, overwrite: bool=False, user_metadata: Mapping[str, Any] | None=None) -> APIFuture[t.SaveWeightsResponse]:
@@ -727,6 +732,7 @@ class TrainingClient:
         Sync form of :meth:`save_state_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.save_state_async, locals())
         return _sync.call_flat(self, self.save_state_async(name, ttl_seconds, overwrite, user_metadata))
 
     def save_weights_for_sampler(self, name: str, ttl_seconds: int | None=None, user_metadata: Mapping[str, Any] | None=None) -> APIFuture[t.SaveWeightsForSamplerResponse]:
@@ -735,6 +741,7 @@ class TrainingClient:
         Sync form of :meth:`save_weights_for_sampler_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.save_weights_for_sampler_async, locals())
         return _sync.call_flat(self, self.save_weights_for_sampler_async(name, ttl_seconds, user_metadata))
 
     def save_weights_external(self, name: str, ttl_seconds: int | None=None, age_encryption_recipients: Sequence[str] | None=None) -> APIFuture[t.SaveWeightsExternalResponse]:
@@ -743,6 +750,7 @@ class TrainingClient:
         Sync form of :meth:`save_weights_external_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.save_weights_external_async, locals())
         return _sync.call_flat(self, self.save_weights_external_async(name, ttl_seconds, age_encryption_recipients))
 
     def load_state(self, path: str, weights_access_token: str | None=None) -> APIFuture[t.LoadWeightsResponse]:
@@ -751,6 +759,7 @@ class TrainingClient:
         Sync form of :meth:`load_state_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.load_state_async, locals())
         return _sync.call_flat(self, self.load_state_async(path, weights_access_token))
 
     def load_state_with_optimizer(self, path: str, weights_access_token: str | None=None) -> APIFuture[t.LoadWeightsResponse]:
@@ -759,6 +768,7 @@ class TrainingClient:
         Sync form of :meth:`load_state_with_optimizer_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.load_state_with_optimizer_async, locals())
         return _sync.call_flat(self, self.load_state_with_optimizer_async(path, weights_access_token))
 
     def save_weights_and_get_sampling_client(self, name: str | None=None, retry_config: Any=None, record_stability_info: bool=False, kind: Literal['snapshot', 'inflight']='snapshot') -> BackcompatSamplingClientFuture:
@@ -767,6 +777,7 @@ class TrainingClient:
         Sync form of :meth:`save_weights_and_get_sampling_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.save_weights_and_get_sampling_client_async, locals())
         return _sync.call_client(self, self.save_weights_and_get_sampling_client_async(name, retry_config, record_stability_info, kind), BackcompatSamplingClientFuture)
 
     def create_sampling_client(self, model_path: str, retry_config: Any=None, record_stability_info: bool=False) -> BackcompatSamplingClientFuture:
@@ -775,6 +786,7 @@ class TrainingClient:
         Sync form of :meth:`create_sampling_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
+        _argcheck.check_call(self.create_sampling_client_async, locals())
         return _sync.call_client(self, self.create_sampling_client_async(model_path, retry_config, record_stability_info), BackcompatSamplingClientFuture)
     # --- END GENERATED SYNC FORMS ---
 

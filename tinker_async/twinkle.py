@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import _sync
+from . import _argcheck, _sync
 from . import types as t
 from ._loops import running_loop
 from ._sync import homed
@@ -193,6 +193,7 @@ class TwinkleClient:
         Sync form of :meth:`close_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.close_async, locals())
         return _sync.call(self, self.close_async()).result()
 
     def create_session(self, metadata: Mapping[str, Any] | None=None) -> str:
@@ -202,6 +203,7 @@ class TwinkleClient:
         Sync form of :meth:`create_session_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.create_session_async, locals())
         return _sync.call(self, self.create_session_async(metadata)).result()
 
     def health_check(self) -> bool:
@@ -210,6 +212,7 @@ class TwinkleClient:
         Sync form of :meth:`health_check_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.health_check_async, locals())
         return _sync.call(self, self.health_check_async()).result()
 
     def get_server_capabilities(self) -> t.GetServerCapabilitiesResponse:
@@ -218,6 +221,7 @@ class TwinkleClient:
         Sync form of :meth:`get_server_capabilities_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_server_capabilities_async, locals())
         return _sync.call(self, self.get_server_capabilities_async()).result()
 
     def get_capacity_info(self) -> t.CapacityInfo:
@@ -226,6 +230,7 @@ class TwinkleClient:
         Sync form of :meth:`get_capacity_info_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_capacity_info_async, locals())
         return _sync.call(self, self.get_capacity_info_async()).result()
 
     def list_training_runs(self, limit: int=20, offset: int=0, all_users: bool=False) -> list[t.TrainingRun]:
@@ -234,6 +239,7 @@ class TwinkleClient:
         Sync form of :meth:`list_training_runs_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.list_training_runs_async, locals())
         return _sync.call(self, self.list_training_runs_async(limit, offset, all_users)).result()
 
     def list_training_runs_with_cursor(self, limit: int=20, offset: int=0, all_users: bool=False) -> tuple[list[t.TrainingRun], t.Cursor | None]:
@@ -242,6 +248,7 @@ class TwinkleClient:
         Sync form of :meth:`list_training_runs_with_cursor_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.list_training_runs_with_cursor_async, locals())
         return _sync.call(self, self.list_training_runs_with_cursor_async(limit, offset, all_users)).result()
 
     def get_training_run(self, run_id: str) -> t.TrainingRun:
@@ -250,6 +257,7 @@ class TwinkleClient:
         Sync form of :meth:`get_training_run_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_training_run_async, locals())
         return _sync.call(self, self.get_training_run_async(run_id)).result()
 
     def find_training_run_by_model(self, base_model: str) -> list[t.TrainingRun]:
@@ -258,6 +266,7 @@ class TwinkleClient:
         Sync form of :meth:`find_training_run_by_model_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.find_training_run_by_model_async, locals())
         return _sync.call(self, self.find_training_run_by_model_async(base_model)).result()
 
     def list_checkpoints(self, run_id: str) -> list[t.Checkpoint]:
@@ -266,6 +275,7 @@ class TwinkleClient:
         Sync form of :meth:`list_checkpoints_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.list_checkpoints_async, locals())
         return _sync.call(self, self.list_checkpoints_async(run_id)).result()
 
     def get_checkpoint_path(self, run_id: str, checkpoint_id: str) -> ParsedCheckpointTwinklePath:
@@ -274,6 +284,7 @@ class TwinkleClient:
         Sync form of :meth:`get_checkpoint_path_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_checkpoint_path_async, locals())
         return _sync.call(self, self.get_checkpoint_path_async(run_id, checkpoint_id)).result()
 
     def get_checkpoint_twinkle_path(self, run_id: str, checkpoint_id: str) -> str:
@@ -282,6 +293,7 @@ class TwinkleClient:
         Sync form of :meth:`get_checkpoint_twinkle_path_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_checkpoint_twinkle_path_async, locals())
         return _sync.call(self, self.get_checkpoint_twinkle_path_async(run_id, checkpoint_id)).result()
 
     def get_latest_checkpoint_path(self, run_id: str) -> str | None:
@@ -290,6 +302,7 @@ class TwinkleClient:
         Sync form of :meth:`get_latest_checkpoint_path_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_latest_checkpoint_path_async, locals())
         return _sync.call(self, self.get_latest_checkpoint_path_async(run_id)).result()
 
     def delete_checkpoint(self, run_id: str, checkpoint_id: str) -> DeleteCheckpointResponse:
@@ -298,6 +311,7 @@ class TwinkleClient:
         Sync form of :meth:`delete_checkpoint_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.delete_checkpoint_async, locals())
         return _sync.call(self, self.delete_checkpoint_async(run_id, checkpoint_id)).result()
 
     def get_weights_info(self, twinkle_path: str) -> t.WeightsInfoResponse:
@@ -306,6 +320,7 @@ class TwinkleClient:
         Sync form of :meth:`get_weights_info_async`; blocks until done and returns the value, as
         the API it mirrors does.
         """
+        _argcheck.check_call(self.get_weights_info_async, locals())
         return _sync.call(self, self.get_weights_info_async(twinkle_path)).result()
     # --- END GENERATED SYNC FORMS ---
 
