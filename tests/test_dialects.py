@@ -182,21 +182,34 @@ async def test_tinkercloud_status_futures_and_failures(srv: LocalServer, dialect
     async with tinker.ServiceClient(base_url=srv.url, api_key=KEY, dialect="tinkercloud") as svc:
         sc = await svc.create_sampling_client_async(base_model=MODEL)
         prompt = tinker.ModelInput.from_ints([72, 105])
+        # Samples use tinkercloud's blocking route: the answer is the result.
         r = await sc.sample_async(prompt, 1, tinker.SamplingParams(max_tokens=3), True)
         assert r.prompt_logprobs is not None and r.prompt_logprobs[0] is None
-        with pytest.raises(tinker.RequestFailedError):
+        with pytest.raises(tinker.BadRequestError):
             await sc.sample_async(tinker.ModelInput.from_ints([1, 100_000]), 1,
                                   tinker.SamplingParams(max_tokens=2))
-        # A poll that answers "pending" at once is asked again (with a short pause).
+        # Training calls return {"status": ...} futures, polled at retrieve_future/{id};
+        # one that answers "pending" at once is asked again (with a short pause).
         srv.set_poll_hold(0.0)
         try:
-            r2 = await asyncio.wait_for(
-                sc.sample_async(prompt, 3, tinker.SamplingParams(max_tokens=40)), 20)
-            assert len(r2.sequences) == 3
+            tc = await asyncio.wait_for(svc.create_lora_training_client_async(MODEL, rank=2), 20)
+            datum = tinker.Datum(model_input=prompt, loss_fn_inputs={
+                "target_tokens": [105, 33], "weights": [1.0, 1.0]})
+            out = await asyncio.wait_for(await tc.forward_backward_async([datum], "cross_entropy"), 20)
+            assert out.metrics["loss:sum"] > 0
         finally:
             srv.set_poll_hold(10.0)
-    polls = [r for r in srv.requests if "/retrieve_future" in r.path]
+        # tinkercloud's other routes: the tokenizer's configuration, and delete_model.
+        config = await svc.create_rest_client().get_tokenizer_config_async(tc.model_id)
+        assert config["model"]["vocab_size"] == 263
+        await tc.delete_model_async()
+        with pytest.raises(tinker.ClientClosedError, match="deleted"):
+            await tc.forward_backward_async([datum], "cross_entropy")
+    samples = [r for r in srv.requests if r.path.endswith("/sample")]
+    assert samples and not [r for r in srv.requests if r.path.endswith("/asample")]
+    polls = [r for r in srv.requests if "/retrieve_future/" in r.path]
     assert polls and all(r.status == 200 for r in polls)
+    assert [r.status for r in srv.requests if r.path.endswith("/delete_model")] == [200]
 
 
 @pytest.mark.parametrize("served", ["twinkle"], indirect=True)
@@ -214,3 +227,22 @@ async def test_twinkle_rest_surface_sees_the_training_run(srv: LocalServer, dial
     assert [c.checkpoint_id for c in ckpts.checkpoints] == ["weights/tw"]
     capacity = await tw.get_capacity_info()
     assert capacity.max_loras >= 1
+
+
+@pytest.mark.parametrize("served", ["tinkercloud"], indirect=True)
+async def test_tinkercloud_create_sampling_client_route(srv: LocalServer,
+                                                        dialect: ServerDialect) -> None:
+    # A server that names the route create_sampling_client only (the 404 is injected).
+    srv.faults.add(r"/create_sampling_session$", status=404, count=None)
+    try:
+        async with tinker.ServiceClient(base_url=srv.url, api_key=KEY,
+                                        dialect="tinkercloud") as svc:
+            first = await svc.create_sampling_client_async(base_model=MODEL)
+            second = await svc.create_sampling_client_async(base_model=MODEL)
+            assert first.sampling_session_id != second.sampling_session_id
+    finally:
+        srv.faults.clear()
+    made = [r.path.rsplit("/", 1)[1] for r in srv.requests
+            if r.path.endswith(("/create_sampling_session", "/create_sampling_client"))]
+    assert made[-3:] == ["create_sampling_session", "create_sampling_client",
+                         "create_sampling_client"]  # learned once

@@ -73,6 +73,12 @@ class Dialect:
     #: JSON training/sampling bodies in tinkercloud's documented shape (``model_id`` names
     #: the sampler; forward_backward fields at the top level)
     tinkercloud_bodies: bool = False
+    #: a blocking ``POST sample`` answers with the result itself (no future to poll)
+    sync_sample: bool = False
+    #: futures are polled at ``retrieve_future/{request_id}`` (tinkercloud)
+    future_id_in_path: bool = False
+    #: where sampling sessions are made (tinkercloud also calls it create_sampling_client)
+    sampling_session_route: str = "create_sampling_session"
     flags: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_FLAGS))
     dynamic_flags: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -129,7 +135,8 @@ def make_dialect(name: str | None, route_prefix: str | None = None) -> Dialect:
         dialect.mark_legacy()
     elif name in ("legacy", "tinkercloud"):
         dialect.mark_legacy()
-        dialect.tinkercloud_bodies = name == "tinkercloud"
+        if name == "tinkercloud":
+            dialect.tinkercloud_bodies = dialect.sync_sample = dialect.future_id_in_path = True
     if route_prefix is not None:
         dialect.route_prefix = "/" + route_prefix.strip("/") if route_prefix.strip("/") else ""
     return dialect

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import msgspec
 
@@ -355,6 +356,8 @@ class FuturePoller:
         }
         body = {"request_id": request_id, "allow_metadata_only": False}
         transport = self.transport
+        endpoint = (f"retrieve_future/{quote(request_id, safe='')}"
+                    if transport.dialect.future_id_in_path else "retrieve_future")
         idle_wait = 0.01
         iteration = 0
         slots = self._semaphore()
@@ -368,7 +371,7 @@ class FuturePoller:
                 started = time.monotonic()
                 self.polls_sent += 1
                 resp = await transport.request(
-                    "POST", "retrieve_future", json=body, headers=headers,
+                    "POST", endpoint, json=body, headers=headers,
                     timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
                     ok_statuses=frozenset({408, 410}), idempotency_key=False,
                 )

@@ -578,6 +578,16 @@ class RestClient(_RestBase):
         return await self._json("GET", f"samplers/{_id('sampler_id', sampler_id)}", t.GetSamplerResponse)
 
     @homed
+    async def get_tokenizer_config_async(self, model_id: str) -> dict[str, Any]:
+        """A model's tokenizer configuration, as the server describes it (tinkercloud's
+        ``GET get_tokenizer``)."""
+        resp = await self._transport.request("GET", "get_tokenizer", params={"model_id": model_id})
+        data = resp.json()
+        if not isinstance(data, dict):
+            raise APIError(f"get_tokenizer answered {type(data).__name__}, not an object")
+        return data
+
+    @homed
     async def cleanup_futures_async(self, max_age_hours: float = 24.0) -> int:
         """Ask the server to drop finished futures older than ``max_age_hours``; returns how many."""
         if not isinstance(max_age_hours, (int, float)) or max_age_hours < 0:
@@ -906,6 +916,16 @@ class RestClient(_RestBase):
         """
         _argcheck.check_call(self.get_sampler_async, locals())
         return _sync.call(self, self.get_sampler_async(sampler_id))
+
+    def get_tokenizer_config(self, model_id: str) -> APIFuture[dict[str, Any]]:
+        """A model's tokenizer configuration, as the server describes it (tinkercloud's
+        ``GET get_tokenizer``).
+
+        Sync form of :meth:`get_tokenizer_config_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        _argcheck.check_call(self.get_tokenizer_config_async, locals())
+        return _sync.call(self, self.get_tokenizer_config_async(model_id))
 
     def cleanup_futures(self, max_age_hours: float=24.0) -> APIFuture[int]:
         """Ask the server to drop finished futures older than ``max_age_hours``; returns how many.

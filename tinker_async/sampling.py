@@ -38,7 +38,7 @@ from ._sampler_handle import decode_handle, encode_handle, without_credentials
 from ._sync import homed
 from ._transport import Response
 from ._validate import check_sampling
-from .errors import APIError, InvalidRequestError
+from .errors import APIError, InvalidRequestError, NotFoundError
 from .telemetry import Telemetry
 from .types import _wire
 
@@ -63,6 +63,8 @@ def _submit_retry(policy: RetryPolicy) -> RetryPolicy:
 
 
 _QUEUE_STATE_LOG_INTERVAL_S = 60.0
+#: a blocking ``sample`` answers only when done: allow a long generation
+_SYNC_SAMPLE_TIMEOUT_S = 600.0
 _PAUSE_REASONS = {
     QueueState.PAUSED_RATE_LIMIT: "concurrent sampler weights limit hit",
     QueueState.PAUSED_CAPACITY: "the server is running short on capacity, please wait",
@@ -322,10 +324,27 @@ class SamplingClient:
                           prompt_alt_tokens_k, prompt_logprobs_last_n)
         seq, clone = self._take_seq()
         body["seq_id"] = seq
-        response = await self._submit_and_wait(body, clone)
+        response = None
+        if self._service._transport.dialect.sync_sample:
+            response = await self._sample_blocking(body)
+        if response is None:
+            response = await self._submit_and_wait(body, clone)
         if prompt_alt_tokens_k and response.prompt_alt_tokens is None:
             raise RuntimeError("the server ignored prompt_alt_tokens_k (it may predate it)")
         return response
+
+    async def _sample_blocking(self, body: dict[str, Any]) -> t.SampleResponse | None:
+        """A server's blocking ``POST sample`` (tinkercloud): the answer is the result.
+        None if the server has no such route (then the future-based ``asample`` is used)."""
+        transport = self._service._transport
+        try:
+            resp = await transport.request(
+                "POST", "sample", json=body, retry=_submit_retry(transport.config.retry),
+                timeout=_SYNC_SAMPLE_TIMEOUT_S)
+        except NotFoundError as exc:
+            transport.dialect.lacks("sync_sample", exc)
+            return None
+        return _decode_sample(resp)
 
     async def _submit_and_wait(self, body: dict[str, Any], clone: int) -> t.SampleResponse:
         service = self._service

@@ -28,7 +28,13 @@ from ._session import FinishStatus, Session
 from ._sync import homed
 from ._transport import Transport
 from .custom_loss import LossHandle, PerDatumLossFn
-from .errors import APIError, APIStatusError, ClientClosedError, InvalidRequestError
+from .errors import (
+    APIError,
+    APIStatusError,
+    ClientClosedError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from .paths import parse_checkpoint_path
 from .rest import RestClient
 from .sampling import BackcompatSamplingClientFuture, SamplingClient
@@ -386,7 +392,17 @@ class ServiceClient:
             body["base_model"] = base_model
         if model_path is not None:
             body["model_path"] = model_path
-        data = (await self._transport.request("POST", "create_sampling_session", json=body)).json()
+        dialect = self._transport.dialect
+        try:
+            resp = await self._transport.request("POST", dialect.sampling_session_route, json=body)
+        except NotFoundError as exc:
+            if dialect.sampling_session_route != "create_sampling_session":
+                raise
+            # tinkercloud-style servers name the route create_sampling_client (same body).
+            resp = await self._transport.request("POST", "create_sampling_client", json=body)
+            log.debug("no create_sampling_session (%s); using create_sampling_client", exc)
+            dialect.sampling_session_route = "create_sampling_client"
+        data = resp.json()
         sampling_session_id = data.get("sampling_session_id") if isinstance(data, dict) else None
         if not isinstance(sampling_session_id, str):
             raise APIError(f"create_sampling_session gave no sampling_session_id: {data!r}")

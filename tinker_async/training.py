@@ -41,7 +41,14 @@ from ._loops import in_guest_run
 from ._sync import homed
 from ._transport import PROTOBUF, Response
 from ._validate import check_checkpoint_name, check_forward_backward, check_optim_params
-from .errors import APIConnectionError, APIError, InvalidRequestError, NotFoundError, TinkerError
+from .errors import (
+    APIConnectionError,
+    APIError,
+    ClientClosedError,
+    InvalidRequestError,
+    NotFoundError,
+    TinkerError,
+)
 from .paths import parse_checkpoint_path
 from .sampling import BackcompatSamplingClientFuture
 from .telemetry import Telemetry
@@ -95,6 +102,8 @@ class _Sequencer:
                 "request sequence with the parent. Train in one process; pickle a "
                 "SamplingClient to sample from others."
             )
+        if isinstance(self.broken, ClientClosedError):
+            raise self.broken  # closed on purpose (its model deleted): nothing to explain
         if self.broken is not None:
             raise TinkerError(
                 "This TrainingClient can no longer submit: an earlier request may or may not "
@@ -268,6 +277,17 @@ class TrainingClient:
     async def get_info_async(self) -> t.GetInfoResponse:
         """Like :meth:`get_info` (the official SDK's async twin; no request is made)."""
         return self._info
+
+    @homed
+    async def delete_model_async(self) -> None:
+        """Free this model on the server (tinkercloud's ``delete_model``): its weights are
+        gone, so save what you need first. Later calls of this client fail at once."""
+        self._service._check_open()
+        await self._service._transport.request(
+            "POST", "delete_model", json={"model_id": self.model_id})
+        self._seq.break_with(ClientClosedError(
+            f"The model {self.model_id} was deleted (delete_model); make a new training "
+            "client, e.g. from a checkpoint."))
 
     # -- submission machinery ------------------------------------------------------------
 
@@ -688,6 +708,16 @@ class TrainingClient:
             model_path=model_path, record_stability_info=record_stability_info)
 
     # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
+    def delete_model(self) -> APIFuture[None]:
+        """Free this model on the server (tinkercloud's ``delete_model``): its weights are
+        gone, so save what you need first. Later calls of this client fail at once.
+
+        Sync form of :meth:`delete_model_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        _argcheck.check_call(self.delete_model_async, locals())
+        return _sync.call(self, self.delete_model_async())
+
     def forward(self, data: Sequence[t.Datum], loss_fn: t.LossFnType, loss_fn_config: Mapping[str, float | str] | None=None) -> APIFuture[t.ForwardBackwardOutput]:
         """Compute the loss and per-token logprobs without gradients.
 

@@ -28,7 +28,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler as _AiohttpHandler
 from aiohttp.typedefs import Middleware
 
-from . import _future_routes, _rest_routes, _sampling_routes, _session_routes, _training_routes
+from . import (
+    _future_routes,
+    _rest_routes,
+    _sampling_routes,
+    _session_routes,
+    _tinkercloud_routes,
+    _training_routes,
+)
 from ._auth import credential_from_headers
 from ._dialects import Surface
 from ._errors import ApiError, error_response, json_response, not_found
@@ -44,6 +51,7 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
     *_future_routes.ROUTES,
     *_rest_routes.ROUTES,
     *_training_routes.ROUTES, *_sampling_routes.ROUTES,
+    *_tinkercloud_routes.ROUTES,
 )
 """Every route of this module set; training and sampling routes get appended here."""
 

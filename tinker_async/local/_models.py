@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._batching import SampleBatcher
-from ._errors import bad_request
+from ._errors import bad_request, not_found
 from ._model import Adapter, BaseModel, SampleResult, load_state, set_blas_threads
 from ._routing import ServerContext
 from ._sequencing import Sequencer, remember
@@ -264,6 +264,8 @@ class ModelRegistry:
         """``X-Idempotency-Key`` -> the answer given, for non-sequenced submits."""
         self.zero_results: dict[tuple[Any, ...], SampleResult] = {}
         """Zero-compute sample results by what they depend on (see ``_sampling_routes``)."""
+        self._deleted: set[str] = set()
+        """Training runs whose model was deleted (tinkercloud's ``delete_model``)."""
 
     @property
     def executor(self) -> concurrent.futures.Executor | None:
@@ -327,6 +329,8 @@ class ModelRegistry:
         model = self._models.get(run_id)
         if model is not None:
             return model
+        if run_id in self._deleted:
+            raise not_found(f"Model {run_id} was deleted")
         run = self._ctx.state.get_run(run_id)
         base = self.base_model(run.base_model)
         adapter = Adapter.new(
@@ -337,6 +341,14 @@ class ModelRegistry:
             train_unembed=run.train_unembed,
         )
         return self.add_model(run_id, base, adapter, next_seq=1)
+
+    def delete_model(self, run_id: str) -> None:
+        """Free a trained model: its weights go, and later requests for it are 404s."""
+        self._models.pop(run_id, None)
+        self._deleted.add(run_id)
+
+    def is_deleted(self, run_id: str) -> bool:
+        return run_id in self._deleted
 
     # ------------------------------------------------------------------------- samplers
 
