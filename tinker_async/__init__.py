@@ -101,6 +101,7 @@ if TYPE_CHECKING:
         TensorData,
         TensorDtype,
         TrainingRun,
+        ValidationError,
     )
 
 _LAZY: dict[str, str] = {
@@ -131,6 +132,7 @@ _LAZY: dict[str, str] = {
         "OptimStepResponse", "ParsedCheckpointTinkerPath", "PromptProvenanceSpan",
         "SampledProvenanceSpan", "SampledSequence", "SampleRequest", "SampleResponse",
         "SamplingParams", "StopReason", "TensorData", "TensorDtype", "TrainingRun",
+        "ValidationError",
     )},
 }
 
@@ -225,6 +227,7 @@ __all__ = [
     "TwinkleClient",
     "UnprocessableEntityError",
     "UnsupportedByServerError",
+    "ValidationError",
     "__version__",
     "auth",
     "install_as_tinker",

@@ -40,6 +40,7 @@ from ._transport import PROTOBUF, Response, Transport
 from .errors import (
     APIConnectionError,
     APIError,
+    APIResponseValidationError,
     APIStatusError,
     ClientClosedError,
     RequestFailedError,
@@ -381,7 +382,14 @@ class FuturePoller:
             if resp.status != 408 and (resp.is_protobuf or resp.status == 200):
                 outcome = self._interpret(resp, request_id)
                 if outcome is not None:
-                    return decode(outcome)
+                    try:
+                        return decode(outcome)
+                    except TinkerError:
+                        raise
+                    except ValueError as exc:  # a result we cannot read: typed, with its id
+                        raise APIResponseValidationError(
+                            f"The server's {request_type} result for request {request_id} "
+                            f"cannot be decoded: {exc}", request_id=request_id) from exc
             if on_queue_state is not None and resp.status in (200, 408):
                 _report_queue_state(resp, on_queue_state)
             # Not ready. A server that held the poll can be asked again at once; one that

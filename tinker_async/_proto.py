@@ -56,6 +56,15 @@ Field numbers relied on (all ``bytes`` arrays are little-endian, row-major)::
                             4 length uint32
 
 Optional zstd (:func:`compress`, :func:`decompress`) uses ``zstandard``, imported on first use.
+
+Hostile or broken input. The decoders never trust a count from the wire: every count or
+length that becomes an allocation or a loop (datum counts, offsets, ``length * k``, shapes)
+is checked against the bytes that back it first, shapes have at most 64 dimensions, and
+the work is linear in the input (see :mod:`tinker_async._proto_wire`). A result that cannot
+be decoded raises :class:`ResponseDecodeError` (an ``APIResponseValidationError`` that is
+also a ``ValueError``); the request decoder (the server side) raises ``ValueError``. The
+encoders refuse integers their field cannot hold, as the official (upb) encoder does, with
+a ``ValueError`` (:class:`~tinker_async.errors.InvalidRequestError`) naming the field.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
@@ -93,6 +103,7 @@ from ._proto_wire import (
     encode_varint,
     tag,
 )
+from .errors import APIResponseValidationError, InvalidRequestError
 from .types import (
     Datum,
     DmelChunk,
@@ -114,6 +125,8 @@ from .types import (
 
 __all__ = [
     "ForwardBackwardRequestParts",
+    "ResponseDecodeError",
+    "TokenRangeError",
     "compress",
     "decode_forward_backward_output",
     "decode_forward_backward_request",
@@ -395,10 +408,51 @@ _SAMPLE_RESPONSE_MSG = Message(
 # ---------------------------------------------------------------------------------------
 
 
-def _check_int32(value: int, what: str) -> int:
-    if not -(1 << 31) <= value < (1 << 31):
-        raise ValueError(f"{what}={value} does not fit in int32")
+class ResponseDecodeError(APIResponseValidationError, ValueError):
+    """A protobuf result from the server that cannot be decoded: truncated, malformed, or
+    holding counts or shapes that its own bytes cannot back.
+
+    An :class:`~tinker_async.errors.APIResponseValidationError` (what the client raises for
+    every answer it cannot read) and a ``ValueError`` (what this codec documents).
+    """
+
+
+_INT_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1),
+    "uint32": (0, (1 << 32) - 1),
+}
+
+
+def _check_int(value: int, kind: str, what: str) -> int:
+    """``value`` if the protobuf field type ``kind`` can hold it.
+
+    The official (upb) encoder refuses what does not fit (``ValueError: Value out of
+    range``) rather than wrapping it, and so do we, naming the field. A non-integer is a
+    ``TypeError``, as there.
+    """
+    if type(value) is not int:
+        value = operator.index(value)
+    low, high = _INT_RANGES[kind]
+    if not low <= value <= high:
+        raise InvalidRequestError(
+            f"{what}={value} is out of range for a protobuf {kind} field ({low}..{high})"
+        )
     return value
+
+
+def _check_int32(value: int, what: str) -> int:
+    return _check_int(value, "int32", what)
+
+
+class TokenRangeError(InvalidRequestError, OverflowError):
+    """A token id that int32 cannot hold. Also an ``OverflowError``, which is what the
+    official SDK raises there (numpy's), so code written for it still catches it."""
+
+
+def _check_shape(shape: Sequence[int], what: str) -> list[int]:
+    """A shape about to be written (``repeated int64``), as a checked list."""
+    return [_check_int(v, "int64", f"{what}[{i}]") for i, v in enumerate(shape)]
 
 
 def _sorted_items(mapping: Mapping[str, Any], deterministic: bool) -> Iterable[tuple[str, Any]]:
@@ -420,19 +474,50 @@ def _contiguous(values: Any, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     return np.ascontiguousarray(values, dtype=dtype)
 
 
-def _int32_bytes(values: Sequence[int] | npt.NDArray[Any]) -> bytes | memoryview:
+def _int32_bytes(
+    values: Sequence[int] | npt.NDArray[Any], datum: int, chunk: int
+) -> bytes | memoryview:
     """Token ids as little-endian int32 (what ``np.asarray(tokens, dtype=np.int32)`` gives).
 
-    A list of Python ints packs twice as fast with ``struct`` as through numpy; anything
-    ``struct`` refuses (floats, out-of-range ids) goes to numpy, so the result and the
-    errors stay numpy's.
+    A list of Python ints packs twice as fast with ``struct`` as through numpy, and an
+    int32 array is used as it is; both are the hot path and check nothing more (``struct``
+    refuses out-of-range ids itself). Anything else, or anything ``struct`` refused, goes
+    through :func:`_checked_int32`, which refuses ids int32 cannot hold with a
+    ``ValueError`` naming ``data[datum]...chunks[chunk]`` instead of wrapping them.
     """
     if type(values) is list:
         try:
             return _int32_packer(len(values)).pack(*values)
         except struct.error:
-            pass
-    return _contiguous(values, _I32).data.cast("B")
+            pass  # not all int32: the checked path says which and why
+    elif type(values) is np.ndarray and values.dtype == _I32 and values.flags.c_contiguous:
+        return values.data.cast("B")
+    return _checked_int32(values, datum, chunk).data.cast("B")
+
+
+def _checked_int32(
+    values: Sequence[int] | npt.NDArray[Any], datum: int, chunk: int
+) -> npt.NDArray[Any]:
+    """Token ids as an int32 array, refusing ids out of the int32 range.
+
+    numpy would wrap them silently (an int64 array cast to int32) or raise
+    ``OverflowError`` (a list holding 2**31); the official SDK does the latter. Floats are
+    truncated as ``np.asarray(tokens, dtype=np.int32)`` truncates them.
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iufO" and arr.size:
+        try:
+            low, high = arr.min(), arr.max()
+            in_range = -(1 << 31) <= low and high < (1 << 31)
+        except TypeError:  # an object array of mixed things: numpy's cast says what
+            in_range = True
+        if not in_range:
+            bad = low if not -(1 << 31) <= low else high
+            raise TokenRangeError(
+                f"data[{datum}].model_input.chunks[{chunk}].tokens: token id {bad} does not "
+                "fit in int32 (token ids are int32 on the wire)"
+            )
+    return _contiguous(arr, _I32)
 
 
 @functools.lru_cache(maxsize=256)
@@ -491,7 +576,7 @@ def _read_dtype(proto_dtype: int, what: str) -> tuple[np.dtype[Any], TensorDtype
 # ---------------------------------------------------------------------------------------
 
 
-def _write_tensor(w: Writer, key: bytes, td: TensorData) -> None:
+def _write_tensor(w: Writer, key: bytes, td: TensorData, what: str) -> None:
     """Write a ``Tensor`` message field, as ``request_conv._tensor_data_to_proto`` fills it."""
     spec = _WRITE_DTYPES.get(td.dtype)
     if spec is None:
@@ -514,15 +599,17 @@ def _write_tensor(w: Writer, key: bytes, td: TensorData) -> None:
         w.end(csr)
     else:
         w.blob(_TENSOR_DENSE, values)  # a oneof member: written even when empty
-    _write_tensor_tail(w, proto_dtype, td.shape)
+    _write_tensor_tail(w, proto_dtype, td.shape, what)
     w.end(mark)
 
 
-def _write_tensor_tail(w: Writer, proto_dtype: int, shape: Sequence[int] | None) -> None:
+def _write_tensor_tail(
+    w: Writer, proto_dtype: int, shape: Sequence[int] | None, what: str
+) -> None:
     """A ``Tensor``'s fields after its data: the dtype, then the shape (if any)."""
     w.varint(_TENSOR_DTYPE, proto_dtype)
     if shape is not None:
-        w.packed_varints(_TENSOR_SHAPE, shape)
+        w.packed_varints(_TENSOR_SHAPE, _check_shape(shape, f"{what}.shape"))
 
 
 def _tensor_from_message(msg: Mapping[str, Any], what: str) -> TensorData:
@@ -535,7 +622,7 @@ def _tensor_from_message(msg: Mapping[str, Any], what: str) -> TensorData:
     """
     proto_dtype = msg.get("dtype", 0)
     np_dtype, dtype = _read_dtype(proto_dtype, what)
-    shape: list[int] | None = list(msg["shape"]) if msg.get("shape") else None
+    shape = _decoded_shape(msg["shape"], what) if msg.get("shape") else None
     csr = msg.get("sparse_csr")
     if csr is not None:
         values = _widen(_frombuffer(csr.get("values", b""), np_dtype, what), proto_dtype)
@@ -552,8 +639,25 @@ def _tensor_from_message(msg: Mapping[str, Any], what: str) -> TensorData:
     return TensorData(data=values, dtype=dtype, shape=shape)
 
 
+# More dimensions than numpy can hold is malformed; checking this first also keeps the
+# products of shapes small (an unchecked shape of a million 2s took seconds in math.prod).
+_MAX_NDIM: Final = 64
+
+
+def _decoded_shape(shape: Sequence[int], what: str, extra_dims: int = 0) -> list[int]:
+    """A shape read from the wire, refused if it has negative sizes or too many dimensions."""
+    if len(shape) + extra_dims > _MAX_NDIM:
+        raise ValueError(
+            f"{what}: a shape of {len(shape) + extra_dims} dimensions (at most {_MAX_NDIM})"
+        )
+    if min(shape, default=0) < 0:
+        raise ValueError(f"{what}: negative size in shape {list(shape)}")
+    return list(shape)
+
+
 def _reshape(values: npt.NDArray[Any], shape: Sequence[int], what: str) -> npt.NDArray[Any]:
-    if min(shape, default=0) < 0 or math.prod(shape) != values.size:
+    """``values`` in ``shape`` (already checked by :func:`_decoded_shape`)."""
+    if math.prod(shape) != values.size:
         raise ValueError(f"{what}: {values.size} elements do not fit shape {list(shape)}")
     return values.reshape(shape)
 
@@ -580,7 +684,9 @@ def encode_forward_backward_request(
     ``loss_fn_config_v2`` as ``number``, a string only to v2 as ``text``; text tokens are
     int32; tensors are float32 or int64, dense or CSR; ``ImageAssetPointerChunk`` is rejected
     with ``ValueError``. Map entries are written in insertion order, or sorted by key with
-    ``deterministic=True`` (see the module docstring).
+    ``deterministic=True`` (see the module docstring). An integer its field cannot hold is
+    refused, never wrapped: :class:`TokenRangeError` for a token id, else
+    :class:`~tinker_async.errors.InvalidRequestError` (both ``ValueError``), naming the field.
     """
     w = Writer()
     _write_request_header(w, model_id, seq_id)
@@ -649,9 +755,9 @@ def _write_request_body(
     deterministic: bool,
 ) -> None:
     """Every field after ``model_id`` and ``seq_id``, in field-number order."""
-    for datum in data:
-        if not _write_plain_datum(w, datum, deterministic):
-            _write_datum(w, datum, deterministic)
+    for i, datum in enumerate(data):
+        if not _write_plain_datum(w, datum, deterministic, i):
+            _write_datum(w, datum, deterministic, i)
     if loss_fn:
         w.string(_REQ_LOSS_FN, loss_fn)
     config = list(_sorted_items(loss_fn_config, deterministic)) if loss_fn_config else []
@@ -660,7 +766,13 @@ def _write_request_body(
         if isinstance(value, str):
             v2_values.append((name, _string_field(_CONFIG_TEXT, value)))
         else:
-            number = float(value)
+            try:
+                number = float(value)
+            except (OverflowError, TypeError, ValueError) as exc:
+                raise InvalidRequestError(
+                    f"loss_fn_config[{name!r}]={value!r} is neither a string nor a number "
+                    f"a double can hold: {exc}"
+                ) from None
             w.blob(
                 _REQ_CONFIG,
                 _string_field(_ENTRY_KEY, name) + _double_field(_ENTRY_VALUE_DOUBLE, number),
@@ -687,7 +799,7 @@ def _double_field(key: bytes, value: float) -> bytes:
     return key + encode_double(value)
 
 
-def _write_plain_datum(w: Writer, datum: Datum, deterministic: bool) -> bool:
+def _write_plain_datum(w: Writer, datum: Datum, deterministic: bool, index: int) -> bool:
     """Write the common datum (text chunks, dense tensors, no spans) in one pass.
 
     Nearly every datum looks like this, and the general writer's nested begin/end calls
@@ -701,10 +813,10 @@ def _write_plain_datum(w: Writer, datum: Datum, deterministic: bool) -> bool:
         return False
     parts: list[bytes | memoryview] = [b""]  # [0]: the datum's own header, once known
     size = 0
-    for chunk in datum.model_input.chunks:
+    for j, chunk in enumerate(datum.model_input.chunks):
         if type(chunk) is not EncodedTextChunk:
             return False
-        tokens = _int32_bytes(chunk.tokens)
+        tokens = _int32_bytes(chunk.tokens, index, j)
         n = len(tokens)
         head = _TEXT_HEADS.get(n) or _text_head(n)
         parts += (head, tokens)
@@ -753,7 +865,8 @@ def _tensor_entry(
     """(bytes before the data, bytes after it) of a ``loss_fn_inputs`` entry holding a
     dense tensor of ``nbytes`` bytes."""
     w = Writer()
-    _write_tensor_tail(w, _WRITE_DTYPES[dtype][0], shape)
+    # Checked here, once per distinct shape: a cached entry has been checked already.
+    _write_tensor_tail(w, _WRITE_DTYPES[dtype][0], shape, f"loss_fn_inputs[{name!r}]")
     tail = w.getvalue()
     dense = _TENSOR_DENSE + encode_varint(nbytes)
     tensor_size = len(dense) + nbytes + len(tail)
@@ -767,25 +880,26 @@ def _tensor_entry(
     return entry
 
 
-def _write_datum(w: Writer, datum: Datum, deterministic: bool) -> None:
+def _write_datum(w: Writer, datum: Datum, deterministic: bool, index: int) -> None:
+    what = f"data[{index}]"
     mark = w.begin(_REQ_DATA)
-    for chunk in datum.model_input.chunks:
-        _write_chunk(w, chunk)
+    for j, chunk in enumerate(datum.model_input.chunks):
+        _write_chunk(w, chunk, index, j)
     for name, td in _sorted_items(datum.loss_fn_inputs, deterministic):
         entry = w.begin(_DATUM_LOSS_FN_INPUTS)
         w.string(_ENTRY_KEY, name)
-        _write_tensor(w, _ENTRY_VALUE, td)
+        _write_tensor(w, _ENTRY_VALUE, td, f"{what}.loss_fn_inputs[{name!r}]")
         w.end(entry)
-    if datum.model_input_spans is not None:
-        for span in datum.model_input_spans:
-            _write_span(w, _DATUM_MODEL_INPUT_SPANS, span)
-    if datum.loss_fn_input_spans is not None:
-        for span in datum.loss_fn_input_spans:
-            _write_span(w, _DATUM_LOSS_FN_INPUT_SPANS, span)
+    for field, key, spans in (
+        ("model_input_spans", _DATUM_MODEL_INPUT_SPANS, datum.model_input_spans),
+        ("loss_fn_input_spans", _DATUM_LOSS_FN_INPUT_SPANS, datum.loss_fn_input_spans),
+    ):
+        for k, span in enumerate(spans or ()):
+            _write_span(w, key, span, f"{what}.{field}[{k}]")
     w.end(mark)
 
 
-def _write_chunk(w: Writer, chunk: Any) -> None:
+def _write_chunk(w: Writer, chunk: Any, datum: int, index: int) -> None:
     """Write one ``Datum.model_input`` entry: a ``Chunk`` holding the chunk's oneof arm."""
     if isinstance(chunk, ImageAssetPointerChunk):
         raise ValueError(
@@ -796,7 +910,7 @@ def _write_chunk(w: Writer, chunk: Any) -> None:
     outer = w.begin(_DATUM_MODEL_INPUT)
     if isinstance(chunk, EncodedTextChunk):
         inner = w.begin(_CHUNK_TEXT)
-        tokens = _int32_bytes(chunk.tokens)
+        tokens = _int32_bytes(chunk.tokens, datum, index)
         if tokens:
             w.blob(_TEXT_TOKENS, tokens)
     elif isinstance(chunk, ImageChunk):
@@ -806,7 +920,10 @@ def _write_chunk(w: Writer, chunk: Any) -> None:
         if chunk.format:
             w.string(_IMAGE_FORMAT, chunk.format)
         if chunk.expected_tokens is not None:  # proto3 optional: written even when 0
-            w.varint(_IMAGE_EXPECTED_TOKENS, _check_int32(chunk.expected_tokens, "expected_tokens"))
+            expected = _check_int32(
+                chunk.expected_tokens, f"data[{datum}].model_input.chunks[{index}].expected_tokens"
+            )
+            w.varint(_IMAGE_EXPECTED_TOKENS, expected)
     elif isinstance(chunk, DmelChunk):
         inner = w.begin(_CHUNK_DMEL)
         if chunk.dmel:
@@ -817,16 +934,18 @@ def _write_chunk(w: Writer, chunk: Any) -> None:
     w.end(outer)
 
 
-def _write_span(w: Writer, key: bytes, span: PromptProvenanceSpan | SampledProvenanceSpan) -> None:
+def _write_span(
+    w: Writer, key: bytes, span: PromptProvenanceSpan | SampledProvenanceSpan, what: str
+) -> None:
     mark = w.begin(key)
     # The arm is chosen by Python type, as in the official SDK.
     arm = w.begin(_SPAN_SAMPLED if isinstance(span, SampledProvenanceSpan) else _SPAN_PROMPT)
     if span.sequence_id:
         w.string(_SPAN_SEQUENCE_ID, span.sequence_id)
     if span.offset:
-        w.varint(_SPAN_OFFSET, span.offset)
+        w.varint(_SPAN_OFFSET, _check_int(span.offset, "int64", f"{what}.offset"))
     if span.length:
-        w.varint(_SPAN_LENGTH, span.length)
+        w.varint(_SPAN_LENGTH, _check_int(span.length, "int64", f"{what}.length"))
     w.end(arm)
     w.end(mark)
 
@@ -941,10 +1060,35 @@ def decode_forward_backward_output(payload: Buffer) -> ForwardBackwardOutput:
       widened to float32 and int32 to int64.
 
     Arrays are views of the payload where no widening was needed (:func:`_decode_payload`).
-    Raises ``ValueError`` on malformed input, including offsets that are not non-decreasing
-    within the data (the official decoder would slice garbage out of those) and fields with
-    fewer datums than the count (where it raises ``IndexError``).
+    Raises :class:`ResponseDecodeError` (a ``ValueError``) on malformed input, including
+    offsets that are not non-decreasing within the data (the official decoder would slice
+    garbage out of those), fields with fewer datums than the count (where it raises
+    ``IndexError``), a negative count, and more than ``_MAX_BARE_DATUMS`` datums in
+    records without fields (which the official decoder would build however many it is
+    told: 2**62 empty dicts for a 12-byte message).
     """
+    try:
+        return _forward_backward_output(payload)
+    except ValueError as exc:
+        raise _response_error("ForwardBackwardOutput", exc) from exc
+
+
+def _response_error(what: str, exc: ValueError) -> ResponseDecodeError:
+    return ResponseDecodeError(
+        f"The server's protobuf {what} cannot be decoded: {exc}. The server is broken or "
+        "speaks another version of the protocol, or the answer was corrupted on the way; "
+        "nothing was returned from it"
+    )
+
+
+# Datums of records that carry no fields (a server may strip them all, and then only
+# ``num_datums`` tells how many datums there were) cost no bytes on the wire, so their
+# count cannot be checked against the input; it is capped instead. One request never holds
+# more than the server's ``fwdbwd_max_chunk_len`` datums (1024 by default).
+_MAX_BARE_DATUMS: Final = 1 << 16
+
+
+def _forward_backward_output(payload: Buffer) -> ForwardBackwardOutput:
     msg = _decode_payload(_FORWARD_BACKWARD_OUTPUT_MSG, payload)
     metrics = {name: float(v) for name, v in msg.get("metrics", {}).items()}
     records: list[dict[str, Any]] = msg.get("loss_fn_outputs", [])
@@ -959,9 +1103,18 @@ def decode_forward_backward_output(payload: Buffer) -> ForwardBackwardOutput:
             per_field.setdefault(name, []).extend(
                 _batched_tensor_datums(bt, f"loss_fn_outputs[{r}].fields[{name!r}]")
             )
-    num_datums = sum(record.get("num_datums", 0) for record in records)
+    counts = [record.get("num_datums", 0) for record in records]
+    if min(counts) < 0:
+        raise ValueError(f"a negative num_datums {min(counts)}")
+    num_datums = sum(counts)
     if num_datums == 0 and per_field:
         num_datums = len(next(iter(per_field.values())))
+    if not per_field and num_datums > _MAX_BARE_DATUMS:
+        raise ValueError(
+            f"num_datums {num_datums} with no fields to back it (at most {_MAX_BARE_DATUMS})"
+        )
+    # With fields, each field must hold num_datums datums (8 offset bytes each), so the
+    # loop below is bounded by the input.
     for name, datums in per_field.items():
         if len(datums) < num_datums:
             raise ValueError(
@@ -995,9 +1148,7 @@ def _batched_tensor_datums(
     if offsets[0] < 0 or np.any(offsets[1:] < offsets[:-1]) or offsets[-1] > raw.nbytes:
         raise ValueError(f"{what}: offsets are not non-decreasing within {raw.nbytes} data bytes")
     values = _widen(raw, proto_dtype)
-    trailing = list(bt.get("trailing_shape", []))
-    if any(s < 0 for s in trailing):
-        raise ValueError(f"{what}: negative trailing_shape {trailing}")
+    trailing = _decoded_shape(bt.get("trailing_shape", []), f"{what} trailing_shape", 1)
     trailing_size = math.prod(trailing)
     # Offsets count bytes of the wire dtype; widening keeps the element count, so element
     # indices are the same before and after it.
@@ -1107,8 +1258,16 @@ def decode_sample_response(payload: Buffer) -> SampleResponse:
     ``logprobs``/``prompt_logprobs`` mean None; a TopkLogprobs with N or K equal to 0 means
     None (empty cells are (0, -99999.0) as sent); ``sequence_id`` is "" (the sampling client
     stamps it from the submit response; the official decoder leaves None). Arrays are views
-    of the payload (:func:`_decode_payload`).
+    of the payload (:func:`_decode_payload`). Raises :class:`ResponseDecodeError` (a
+    ``ValueError``) on malformed input.
     """
+    try:
+        return _sample_response(payload)
+    except ValueError as exc:
+        raise _response_error("SampleResponse", exc) from exc
+
+
+def _sample_response(payload: Buffer) -> SampleResponse:
     msg = _decode_payload(_SAMPLE_RESPONSE_MSG, payload)
     sequences = [_sequence_from_message(s, i) for i, s in enumerate(msg.get("sequences", []))]
     prompt_logprobs = msg.get("prompt_logprobs")
@@ -1210,11 +1369,13 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
             _SR_CACHE_HIT, _check_int32(resp.prompt_cache_hit_tokens, "prompt_cache_hit_tokens")
         )
     if resp.target_prompt_logprobs is not None:
-        _write_tensor(w, _SR_TARGET_PROMPT, resp.target_prompt_logprobs)
+        _write_tensor(w, _SR_TARGET_PROMPT, resp.target_prompt_logprobs, "target_prompt_logprobs")
     if resp.prompt_alt_tokens is not None:
         mark = w.begin(_SR_ALT_TOKENS)
-        _write_tensor(w, _ALT_TOKENS, resp.prompt_alt_tokens.tokens)
-        _write_tensor(w, _ALT_LOGPROBS, resp.prompt_alt_tokens.logprobs)
+        _write_tensor(w, _ALT_TOKENS, resp.prompt_alt_tokens.tokens, "prompt_alt_tokens.tokens")
+        _write_tensor(
+            w, _ALT_LOGPROBS, resp.prompt_alt_tokens.logprobs, "prompt_alt_tokens.logprobs"
+        )
         w.end(mark)
     return w.getvalue()
 
@@ -1262,10 +1423,11 @@ def compress(data: Buffer) -> bytes:
 def decompress(data: Buffer, max_output_size: int = 1 << 31) -> bytes:
     """Decompress a zstd body (frames with or without a content size).
 
-    Raises ``ValueError`` when the data is not valid zstd or would exceed
-    ``max_output_size`` bytes.
+    Raises ``ValueError`` when the data is not valid zstd, is not a whole number of
+    complete frames (a truncated body), or would exceed ``max_output_size`` bytes.
     """
     zstandard = _zstd()
+    _check_zstd_frames(data)
     parts: list[bytes] = []
     size = 0
     try:
@@ -1279,3 +1441,66 @@ def decompress(data: Buffer, max_output_size: int = 1 << 31) -> bytes:
     except zstandard.ZstdError as exc:
         raise ValueError(f"invalid zstd data: {exc}") from exc
     return b"".join(parts)
+
+
+_ZSTD_FRAME_MAGIC: Final = 0xFD2FB528
+_ZSTD_SKIPPABLE_MAGIC: Final = 0x184D2A50  # the low four bits are free
+_ZSTD_DICT_ID_SIZES: Final = (0, 1, 2, 4)
+_ZSTD_CONTENT_SIZE_SIZES: Final = (0, 2, 4, 8)  # flag 0 means 1 byte for a single segment
+
+
+def _check_zstd_frames(data: Buffer) -> None:
+    """Refuse zstd data that is not a whole number of complete frames.
+
+    The stream reader stops without a word when its input ends inside a frame, and gives
+    the output so far: a truncated body would pass for a shorter one. This walks the frame
+    and block headers (RFC 8878, section 3.1) without decompressing anything: a few bytes
+    per block of up to 128 KiB, linear in the input. Corrupt block contents are left to
+    the decompressor, which refuses them.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    end = len(view)
+    if not end:
+        raise ValueError("empty zstd data: not even one frame")
+    pos = 0
+    while pos < end:
+        if end - pos < 4:
+            raise ValueError("truncated zstd data: a frame's magic number is cut short")
+        magic = int.from_bytes(view[pos:pos + 4], "little")
+        pos += 4
+        if magic & ~0xF == _ZSTD_SKIPPABLE_MAGIC:
+            if end - pos < 4:
+                raise ValueError("truncated zstd data: a skippable frame's size is cut short")
+            pos += 4 + int.from_bytes(view[pos:pos + 4], "little")
+            if pos > end:
+                raise ValueError("truncated zstd data: a skippable frame is cut short")
+            continue
+        if magic != _ZSTD_FRAME_MAGIC:
+            raise ValueError(f"not zstd data: bad frame magic number {magic:#010x}")
+        if pos >= end:
+            raise ValueError("truncated zstd data: a frame header is cut short")
+        descriptor = view[pos]
+        single_segment = descriptor >> 5 & 1
+        pos += (
+            1
+            + (1 - single_segment)  # window descriptor
+            + _ZSTD_DICT_ID_SIZES[descriptor & 3]
+            + (_ZSTD_CONTENT_SIZE_SIZES[descriptor >> 6] or single_segment)
+        )
+        while True:
+            if end - pos < 3:
+                raise ValueError("truncated zstd data: a frame ends before its last block")
+            header = view[pos] | view[pos + 1] << 8 | view[pos + 2] << 16
+            pos += 3
+            block_type = header >> 1 & 3
+            if block_type == 3:
+                raise ValueError("invalid zstd data: reserved block type")
+            pos += 1 if block_type == 1 else header >> 3  # RLE blocks hold one byte
+            if pos > end:
+                raise ValueError("truncated zstd data: a block is cut short")
+            if header & 1:  # the frame's last block
+                break
+        if descriptor >> 2 & 1:  # content checksum
+            pos += 4
+            if pos > end:
+                raise ValueError("truncated zstd data: a frame's checksum is cut short")

@@ -20,6 +20,14 @@ groups skipped, packed or unpacked repeated scalars, a singular message field th
 twice is merged, the last oneof member wins) and turns every malformed input (truncation, bad
 varint, bad wire type for a known field, invalid UTF-8, groups nested too deep) into a
 ``ValueError`` that names the message and field.
+
+Reading is safe on hostile input: its time is linear in the input (each byte is read once
+per nesting level of the schema, which is fixed; the occurrences of a repeated singular
+message are gathered into one growing buffer, never re-joined per occurrence), every
+length is checked against the bytes that remain before anything is sliced, and every
+item it makes (a list slot, a dict, a view) is backed by at least one byte of input, so
+memory is a fixed multiple of the input size. Callers that turn a count *read from the wire* into objects (see
+:mod:`tinker_async._proto`) must bound it the same way.
 """
 
 from __future__ import annotations
@@ -348,7 +356,10 @@ def _decode(
     out: dict[str, Any] = {}
     # Singular message fields are decoded after the loop: protobuf merges a message field
     # that occurs more than once, which equals decoding the concatenation of its payloads.
-    pending: dict[str, tuple[Field, list[tuple[int, int]]]] = {}
+    # Each holds the (start, stop) of its only occurrence, or the concatenation so far,
+    # grown in place: one copy of the input at most, however many occurrences come (a
+    # list of ranges would cost ~100 bytes per 4-byte occurrence).
+    pending: dict[str, tuple[Field, tuple[int, int] | bytearray]] = {}
     item: Any
     by_number = schema.by_number
     try:
@@ -390,7 +401,14 @@ def _decode(
                         _decode(spec.message, buf, view, value, pos, depth + 1)
                     )
                 else:
-                    pending.setdefault(spec.name, (spec, []))[1].append((value, pos))
+                    seen = pending.get(spec.name)
+                    if seen is None:
+                        pending[spec.name] = (spec, (value, pos))
+                    elif isinstance(seen[1], bytearray):
+                        seen[1].extend(view[value:pos])
+                    else:
+                        start, stop = seen[1]
+                        pending[spec.name] = (spec, bytearray(view[start:stop]) + view[value:pos])
                 continue
             if kind == BYTES:
                 item = view[value:pos]
@@ -411,15 +429,13 @@ def _decode(
                 out.setdefault(spec.name, []).append(item)
             else:
                 out[spec.name] = item
-        for name, (spec, ranges) in pending.items():
+        for name, (spec, held) in pending.items():
             sub = spec.message
             assert sub is not None
-            if len(ranges) == 1:
-                start, stop = ranges[0]
-                out[name] = _decode(sub, buf, view, start, stop, depth + 1)
+            if isinstance(held, bytearray):  # so that views of it stay writable like the rest
+                out[name] = _decode(sub, held, memoryview(held), 0, len(held), depth + 1)
             else:
-                joined = b"".join([view[s:e] for s, e in ranges])
-                out[name] = _decode(sub, joined, memoryview(joined), 0, len(joined), depth + 1)
+                out[name] = _decode(sub, buf, view, held[0], held[1], depth + 1)
     except _DecodeError:
         raise
     except ValueError as exc:  # UnicodeDecodeError is one too

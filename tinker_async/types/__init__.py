@@ -6,6 +6,10 @@ the SDK has dataclasses (``Datum``, ``TensorData``, ``SampleResponse``,
 ``SampledSequence``, ``ForwardBackwardOutput``, provenance spans). A few extra types
 cover other Tinker-compatible servers (``CapacityInfo``, ``CheckpointPath``,
 ``CleanupFuturesResponse``, ``HealthStatus``). JSON helpers are in ``._wire``.
+
+The Struct types check and copy their fields at construction as the official pydantic
+models do (lax: ``"5"`` for an int is fine); a value they cannot take raises
+:class:`ValidationError`, a ``ValueError`` naming the type, field, expectation and value.
 """
 
 from ._admin import (
@@ -187,6 +191,7 @@ from ._training import (
     UnloadModelRequest,
     UnloadModelResponse,
 )
+from ._validation import ValidationError
 from ._weights import (
     LoadWeightsRequest,
     LoadWeightsResponse,
@@ -360,6 +365,7 @@ __all__ = [
     "UnloadModelResponse",
     "UntypedAPIFuture",
     "UserSearchOwner",
+    "ValidationError",
     "WeightsInfoResponse",
     "WhoamiResponse",
 ]

@@ -33,6 +33,8 @@ __all__ = [
 class AuditLogEntry(Model, kw_only=True, frozen=True):
     """One audit log entry; ``event`` is ``<resource>_<action>``."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     timestamp: datetime
     event: str
     event_details: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -43,6 +45,8 @@ class AuditLogEntry(Model, kw_only=True, frozen=True):
 
 class AuditLogResponse(Model, kw_only=True, frozen=True):
     """Audit log entries, sorted by time."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     entries: list[AuditLogEntry] = msgspec.field(default_factory=list)
 
@@ -57,6 +61,8 @@ class GetBillingUsageRequest(Model, kw_only=True, frozen=True):
 class TrainingBillingEvent(Model, kw_only=True, frozen=True, tag="training", tag_field="type"):
     """Training tokens in a bucket."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     token_count: int
     type: ClassVar[Literal["training"]] = "training"
 
@@ -65,6 +71,8 @@ class SamplingPrefillBillingEvent(
     Model, kw_only=True, frozen=True, tag="sampling_prefill", tag_field="type"
 ):
     """Prompt (prefill) tokens in a bucket; ``cached`` ones are billed at the cache rate."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     cached: bool
     token_count: int
@@ -76,6 +84,8 @@ class SamplingSampleBillingEvent(
 ):
     """Generated tokens in a bucket."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     token_count: int
     type: ClassVar[Literal["sampling_sample"]] = "sampling_sample"
 
@@ -83,12 +93,16 @@ class SamplingSampleBillingEvent(
 class CheckpointBillingEvent(Model, kw_only=True, frozen=True, tag="checkpoint", tag_field="type"):
     """Checkpoint operations in a bucket."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     count: int
     type: ClassVar[Literal["checkpoint"]] = "checkpoint"
 
 
 class StorageBillingEvent(Model, kw_only=True, frozen=True, tag="storage", tag_field="type"):
     """Checkpoint storage in a bucket."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     gigabyte_hours: float
     free: bool = False
@@ -108,6 +122,8 @@ BillingEventInfo = (
 class BillingUsageEvent(Model, kw_only=True, frozen=True):
     """One hourly usage bucket with its attribution and estimated cost."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     bucket_start: datetime
     bucket_end: datetime
     event_info: BillingEventInfo
@@ -124,11 +140,15 @@ class BillingUsageEvent(Model, kw_only=True, frozen=True):
 class BillingUsageSession(Model, kw_only=True, frozen=True):
     """Attributes of a session that appears in the usage data."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     user_metadata: dict[str, str] | None = None
 
 
 class BillingUsageResponse(Model, kw_only=True, frozen=True):
     """Usage buckets, the sessions they name, and where invoice pricing ends."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     data: list[BillingUsageEvent] = msgspec.field(default_factory=list)
     sessions: dict[str, BillingUsageSession] = msgspec.field(default_factory=dict)
@@ -144,6 +164,8 @@ class GetCurrentCheckpointStorageUsageRequest(Model, kw_only=True, frozen=True):
 class CurrentCheckpointStorageUsageItem(Model, kw_only=True, frozen=True):
     """Checkpoint storage of one project and session owner."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     checkpoint_count: int
     size_bytes: int
     size_gigabytes: float
@@ -157,6 +179,8 @@ class CurrentCheckpointStorageUsageItem(Model, kw_only=True, frozen=True):
 class CurrentCheckpointStorageUsageResponse(Model, kw_only=True, frozen=True):
     """Current checkpoint storage, grouped by project and owner."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     data: list[CurrentCheckpointStorageUsageItem] = msgspec.field(default_factory=list)
     effective_rate_usd_per_gigabyte_month: float | None = None
 
@@ -164,11 +188,15 @@ class CurrentCheckpointStorageUsageResponse(Model, kw_only=True, frozen=True):
 class AuthTokenResponse(Model, kw_only=True, frozen=True):
     """A JWT from ``auth/token``."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     jwt: str
 
 
 class WhoamiResponse(Model, kw_only=True, frozen=True):
     """The calling principal."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     user_urn: str
     org_urn: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 from ._base import Model
 
@@ -11,6 +12,8 @@ __all__ = ["CheckpointArchiveUrlResponse"]
 
 class CheckpointArchiveUrlResponse(Model, kw_only=True, frozen=True):
     """A signed URL of a checkpoint's tar archive, and when it stops working."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     url: str
     """Signed URL to download the checkpoint archive (no credential needed)."""

@@ -69,5 +69,7 @@ class CreateCustomLossRequest(
 class CreateCustomLossResponse(Model, kw_only=True, frozen=True):
     """The id naming the stored loss in later forward_backward requests."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     loss_id: str
     type: str = "create_custom_loss"

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from ._base import Model
+from ._base import WireModel
 from ._model_input import ModelInput
 from ._tensor import TensorData, TensorDataWire, is_torch_tensor
+from ._validation import ErrorDetails, ValidationError
 
 __all__ = [
     "Datum",
@@ -129,6 +130,15 @@ def to_tensor_data(key: str, value: Any) -> TensorData:
     raise TypeError(f"Unsupported loss_fn_inputs value for {key!r}: {type(value).__name__}")
 
 
+def _check_model_input(value: object) -> None:
+    # Deliberately stricter than the SDK's Datum (which keeps anything and fails when the
+    # request is encoded): a wrong model_input is named here, at the call that made it.
+    if not isinstance(value, ModelInput):
+        raise ValidationError("Datum", [ErrorDetails(
+            loc=("model_input",), input=value,
+            msg=f"expected a ModelInput, got {type(value).__name__} {value!r:.80}")])
+
+
 def _check_span_list(name: str, spans: ProvenanceSpans | None) -> None:
     for span in spans or ():
         if not isinstance(span, (PromptProvenanceSpan, SampledProvenanceSpan)):
@@ -176,17 +186,24 @@ class Datum:
         ) -> None: ...
 
     def __post_init__(self) -> None:
-        # Always a new dict (as in the SDK), so later changes to the caller's dict don't leak in.
+        if type(self.model_input) is not ModelInput:
+            _check_model_input(self.model_input)
+        # Always a new dict (as in the SDK), so later changes to the caller's dict don't
+        # leak in; the span lists are kept as given (as in the SDK).
         inputs: Mapping[str, Any] = self.loss_fn_inputs
-        converted = {key: to_tensor_data(key, value) for key, value in inputs.items()}
+        converted: dict[str, TensorData] = {}
+        for key, value in inputs.items():
+            converted[key] = value if type(value) is TensorData else to_tensor_data(key, value)
         object.__setattr__(self, "loss_fn_inputs", converted)
-        _check_span_list("model_input_spans", self.model_input_spans)
-        _check_span_list("loss_fn_input_spans", self.loss_fn_input_spans)
-        if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
-            raise ValueError(
-                "provenance comes as a pair: set both model_input_spans and "
-                "loss_fn_input_spans, or neither"
-            )
+        spans, loss_spans = self.model_input_spans, self.loss_fn_input_spans
+        if spans is not None or loss_spans is not None:
+            _check_span_list("model_input_spans", spans)
+            _check_span_list("loss_fn_input_spans", loss_spans)
+            if spans is None or loss_spans is None:
+                raise ValueError(
+                    "provenance comes as a pair: set both model_input_spans and "
+                    "loss_fn_input_spans, or neither"
+                )
 
     def with_provenance(
         self, model_input: ProvenanceSpans, loss_fn_inputs: ProvenanceSpans
@@ -208,13 +225,13 @@ class Datum:
 # --- JSON wire forms -------------------------------------------------------------------
 
 
-class _SpanBody(Model, kw_only=True, frozen=True):
+class _SpanBody(WireModel, kw_only=True, frozen=True):
     sequence_id: str
     offset: int = 0
     length: int
 
 
-class ProvenanceSpanWire(Model, kw_only=True, frozen=True):
+class ProvenanceSpanWire(WireModel, kw_only=True, frozen=True):
     """JSON form of a provenance span, mirroring the protobuf oneof:
     ``{"prompt_tokens": {...}}`` or ``{"sampled_tokens": {...}}``."""
 
@@ -250,7 +267,7 @@ def _spans_from_wire(spans: list[ProvenanceSpanWire] | None) -> ProvenanceSpans 
     return None if spans is None else [s.to_span() for s in spans]
 
 
-class DatumWire(Model, kw_only=True, frozen=True):
+class DatumWire(WireModel, kw_only=True, frozen=True):
     """JSON form of a :class:`Datum` (JSON forward/forward_backward bodies)."""
 
     model_input: ModelInput

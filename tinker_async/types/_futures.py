@@ -46,6 +46,8 @@ class UntypedAPIFuture(Model, kw_only=True, frozen=True):
     predate it leave it out.
     """
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     request_id: RequestID
     model_id: str | None = None
     sample_sequence_ids: list[str] | None = None
@@ -60,6 +62,8 @@ class FutureRetrieveRequest(Model, kw_only=True, frozen=True):
 
 class TryAgainResponse(Model, kw_only=True, frozen=True, tag="try_again", tag_field="type"):
     """Not done yet, poll again (wire ``type: "try_again"``, always encoded)."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     request_id: str = ""
     queue_state: str = "active"
@@ -82,6 +86,8 @@ class RequestErrorCategory(str, enum.Enum):
 
 class RequestFailedResponse(Model, kw_only=True, frozen=True):
     """A server future that failed: the message and who is to blame."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     error: str
     category: RequestErrorCategory = RequestErrorCategory.Unknown
@@ -124,6 +130,8 @@ class FuturesRetrieveRequest(Model, kw_only=True, frozen=True):
 class FutureFinished(Model, kw_only=True, frozen=True, tag="finished", tag_field="state"):
     """A finished request in a batch poll (fetch its payload with ``retrieve_future``)."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     request_id: RequestID
     response_payload_uncompressed_size: int | None = None
     state: ClassVar[Literal["finished"]] = "finished"
@@ -131,6 +139,8 @@ class FutureFinished(Model, kw_only=True, frozen=True, tag="finished", tag_field
 
 class FutureFailed(Model, kw_only=True, frozen=True, tag="failed", tag_field="state"):
     """A failed request in a batch poll."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     request_id: RequestID
     state: ClassVar[Literal["failed"]] = "failed"
@@ -143,11 +153,15 @@ FutureCompletion = FutureFinished | FutureFailed
 class FuturesRetrieveResponse(Model, kw_only=True, frozen=True):
     """Result of a batch poll: completions and the cursor to send next."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     completions: list[FutureCompletion] = msgspec.field(default_factory=list)
     cursor: int = 0
 
 
 class CleanupFuturesResponse(Model, kw_only=True, frozen=True):
     """Result of tinkercloud's ``cleanup_futures``: how many futures were dropped."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     cleaned_count: int = 0

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 import numpy as np
 
-from ._base import Model
+from ._base import Model, construct
+from ._checks import SHORT_LIST, Check, list_converter
+from ._validation import b64_bytes_check, fail, lax_int
 
 __all__ = [
     "DmelChunk",
@@ -21,21 +22,54 @@ __all__ = [
 ]
 
 
-class EncodedTextChunk(Model, kw_only=True, frozen=True, tag="encoded_text", tag_field="type"):
+class _TokenList(msgspec.Struct, array_like=True, gc=False):
+    # A Struct wrapper: msgspec caches its type info, so converting ``(tokens,)`` to it
+    # costs no per-call setup (a bare ``list[int]`` target would).
+    tokens: list[int]
+
+
+_lax_token_list = list_converter(Check(frozenset({int}), lax_int, "an integer"),
+                                 "a sequence of integer token ids")
+
+
+def _check_tokens(tokens: Any) -> Any:
+    """Token ids as a new list of ints (checked and copied in one C pass when they are a
+    list of ints), or a 1-D integer numpy array, kept as it is (no copy)."""
+    if type(tokens) is list:
+        if len(tokens) <= SHORT_LIST:
+            for token in tokens:
+                if type(token) is not int:
+                    break
+            else:
+                return tokens.copy()
+        else:
+            try:
+                return msgspec.convert((tokens,), _TokenList).tokens
+            except msgspec.ValidationError:
+                pass  # the lax path below converts what it can and names what it cannot
+    elif isinstance(tokens, np.ndarray):
+        _check_token_array(tokens)
+        return tokens
+    return _lax_token_list(tokens)
+
+
+class EncodedTextChunk(
+    Model, kw_only=True, frozen=True, gc=False, tag="encoded_text", tag_field="type"
+):
     """A run of token ids (wire ``{"type": "encoded_text", "tokens": [...]}``).
 
-    ``tokens`` is usually a list of ints. An integer numpy array is accepted too (the
-    official types refuse one): a forward_backward then sends it as it is, without the
-    per-token conversion a list needs. Decoding also accepts a bare ``{"tokens": [...]}``
-    (older servers omit the tag).
+    ``tokens`` is usually a list of ints; what is given is checked and copied into a new
+    list, as the official type does (any sequence of integers, ``"5"`` and ``5.0``
+    included; a tuple also becomes a list, where the official type keeps a tuple). An
+    integer numpy array is accepted too (the official types refuse one) and kept
+    without a copy: a forward_backward then sends it as it is, without the per-token
+    conversion a list needs. Decoding also accepts a bare ``{"tokens": [...]}`` (older
+    servers omit the tag).
     """
 
     tokens: Sequence[int]
     type: ClassVar[Literal["encoded_text"]] = "encoded_text"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.tokens, np.ndarray):
-            _check_token_array(self.tokens)
+    _field_checks: ClassVar = {"tokens": Check(frozenset(), _check_tokens, "token ids")}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EncodedTextChunk):
@@ -59,23 +93,23 @@ class EncodedTextChunk(Model, kw_only=True, frozen=True, tag="encoded_text", tag
 def _check_token_array(tokens: np.ndarray) -> None:
     """A token array must be what a list of token ids would be: 1-D int32-range integers."""
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise ValueError(
-            f"EncodedTextChunk tokens given as a numpy array must be 1-D integers; got a "
-            f"{tokens.ndim}-D {tokens.dtype} array (use .ravel() / .astype(np.int32))"
-        )
-    if tokens.size and tokens.dtype.itemsize >= 4 and (
+        fail("a numpy array of 1-D integers (use .ravel() / .astype(np.int32))", tokens,
+             got=f"a {tokens.ndim}-D {tokens.dtype} array")
+    # Only 64-bit and uint32 arrays can hold values beyond int32.
+    if tokens.size and (tokens.dtype.itemsize > 4 or tokens.dtype == np.uint32) and (
         int(tokens.min()) < -(1 << 31) or int(tokens.max()) >= 1 << 31
     ):
-        raise ValueError("EncodedTextChunk tokens must fit in int32 (token ids are int32 on "
-                         "the wire)")
+        fail("token ids that fit in int32 (token ids are int32 on the wire)", tokens,
+             got=f"values from {int(tokens.min())} to {int(tokens.max())}")
 
 
-def _b64_bytes(value: bytes | str) -> bytes:
-    # The SDK accepts a base64 string where bytes are expected; so do we.
-    return base64.b64decode(value) if isinstance(value, str) else value
+# The SDK accepts base64 text where bytes are expected; so do we.
+_B64_BYTES = Check(frozenset({bytes}), b64_bytes_check, "bytes or base64 text")
 
 
-class ImageChunk(Model, kw_only=True, frozen=True, tag="image", tag_field="type"):
+class ImageChunk(
+    Model, kw_only=True, frozen=True, gc=False, tag="image", tag_field="type"
+):
     """An inline image (wire ``type: "image"``; ``data`` is base64 in JSON).
 
     ``expected_tokens`` is advisory: the server counts the tokens itself and may fail
@@ -86,10 +120,7 @@ class ImageChunk(Model, kw_only=True, frozen=True, tag="image", tag_field="type"
     format: Literal["png", "jpeg"]
     expected_tokens: int | None = None
     type: ClassVar[Literal["image"]] = "image"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.data, str):
-            msgspec.structs.force_setattr(self, "data", _b64_bytes(self.data))
+    _field_checks: ClassVar = {"data": _B64_BYTES}
 
     @property
     def length(self) -> int:
@@ -102,7 +133,7 @@ class ImageChunk(Model, kw_only=True, frozen=True, tag="image", tag_field="type"
 
 
 class ImageAssetPointerChunk(
-    Model, kw_only=True, frozen=True, tag="image_asset_pointer", tag_field="type"
+    Model, kw_only=True, frozen=True, gc=False, tag="image_asset_pointer", tag_field="type"
 ):
     """An image given by location (wire ``type: "image_asset_pointer"``; sampling only)."""
 
@@ -122,15 +153,12 @@ class ImageAssetPointerChunk(
         return self.expected_tokens
 
 
-class DmelChunk(Model, kw_only=True, frozen=True, tag="dmel", tag_field="type"):
+class DmelChunk(Model, kw_only=True, frozen=True, gc=False, tag="dmel", tag_field="type"):
     """DMel audio tokens as serialized TensorContainer bytes (wire ``type: "dmel"``)."""
 
     dmel: bytes
     type: ClassVar[Literal["dmel"]] = "dmel"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.dmel, str):
-            msgspec.structs.force_setattr(self, "dmel", _b64_bytes(self.dmel))
+    _field_checks: ClassVar = {"dmel": _B64_BYTES}
 
     @property
     def length(self) -> int:
@@ -174,17 +202,20 @@ ModelInputChunk = EncodedTextChunk | ImageAssetPointerChunk | ImageChunk | DmelC
 """One chunk of a :class:`ModelInput`, told apart by its ``type`` tag."""
 
 
-class ModelInput(Model, kw_only=True, frozen=True):
+class ModelInput(Model, kw_only=True, frozen=True, gc=False):
     """The input of a model: a list of chunks (wire ``{"chunks": [...]}``)."""
 
     chunks: list[ModelInputChunk]
 
     @classmethod
     def from_ints(cls, tokens: Sequence[int]) -> ModelInput:
-        """A ModelInput of one text chunk."""
+        """A ModelInput of one text chunk (the tokens are checked and copied).
+
+        A numpy array is accepted too (the official type refuses one); it becomes a list.
+        """
         if isinstance(tokens, np.ndarray):
             tokens = tokens.tolist()
-        return cls(chunks=[EncodedTextChunk(tokens=tokens)])
+        return construct(cls, chunks=[construct(EncodedTextChunk, tokens=tokens)])
 
     def to_ints(self) -> list[int]:
         """All tokens as one list; ``ValueError`` if any chunk is not text."""
@@ -207,12 +238,12 @@ class ModelInput(Model, kw_only=True, frozen=True):
     @classmethod
     def empty(cls) -> ModelInput:
         """A ModelInput with no chunks."""
-        return cls(chunks=[])
+        return construct(cls, chunks=[])
 
     def append(self, chunk: ModelInputChunk) -> ModelInput:
         """A new ModelInput with ``chunk`` added at the end."""
-        return ModelInput(chunks=[*self.chunks, chunk])
+        return construct(ModelInput, chunks=[*self.chunks, chunk])
 
     def append_int(self, token: int) -> ModelInput:
         """A new ModelInput with one token added at the end (as its own text chunk)."""
-        return self.append(EncodedTextChunk(tokens=[token]))
+        return self.append(construct(EncodedTextChunk, tokens=[token]))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from ._base import Model
+from ._checks import Check, from_mapping
 from ._codec import keep
+from ._validation import fail
 
 __all__ = [
     "AdamOptimizerConfig",
@@ -21,7 +24,7 @@ __all__ = [
 ]
 
 
-class AdamParams(Model, kw_only=True, frozen=True):
+class AdamParams(Model, kw_only=True, frozen=True, gc=False):
     """AdamW step parameters (wire ``adam_params``); every value is always sent.
 
     Weight decay is decoupled; ``grad_clip_norm=0`` means no clipping.
@@ -35,7 +38,9 @@ class AdamParams(Model, kw_only=True, frozen=True):
     grad_clip_norm: float = keep(0.0)
 
 
-class DimuonParams(Model, kw_only=True, frozen=True, tag="dimuon", tag_field="type"):
+class DimuonParams(
+    Model, kw_only=True, frozen=True, gc=False, tag="dimuon", tag_field="type"
+):
     """Dimuon step parameters (wire ``optimizer_params`` with ``type: "dimuon"``)."""
 
     learning_rate: Annotated[float, msgspec.Meta(ge=0)]
@@ -73,6 +78,20 @@ def normalized_optimizer_config(config: OptimizerConfig | None) -> OptimizerConf
     return ADAMW_DEFAULT if isinstance(config, AdamOptimizerConfig) else config
 
 
+_NoneType = type(None)
+
+
+def _check_optim_params(params: Any) -> OptimParams:
+    # Either family is accepted here (as in the SDK); __post_init__ files it by kind.
+    if isinstance(params, (AdamParams, DimuonParams)):
+        return params
+    if isinstance(params, Mapping):
+        kind = DimuonParams if params.get("type") == DimuonParams.type else AdamParams
+        result: OptimParams = from_mapping(kind, params)
+        return result
+    fail("an AdamParams, a DimuonParams or None", params)
+
+
 class OptimStepRequest(Model, kw_only=True, frozen=True, tag="optim_step", tag_field="type"):
     """One optimizer step (wire ``type: "optim_step"``).
 
@@ -86,8 +105,13 @@ class OptimStepRequest(Model, kw_only=True, frozen=True, tag="optim_step", tag_f
     model_id: str
     seq_id: int | None = None
     type: ClassVar[Literal["optim_step"]] = "optim_step"
+    _field_checks: ClassVar = {
+        "optim_params": Check(frozenset({_NoneType, AdamParams, DimuonParams}),
+                              _check_optim_params, "an AdamParams, a DimuonParams or None")
+    }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         params: object = self.optim_params
         if params is not None and not isinstance(params, AdamParams):
             msgspec.structs.force_setattr(self, "optimizer_params", params)
@@ -106,5 +130,7 @@ class OptimStepRequest(Model, kw_only=True, frozen=True, tag="optim_step", tag_f
 
 class OptimStepResponse(Model, kw_only=True, frozen=True):
     """Result of ``optim_step``: optional metrics by name."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     metrics: dict[str, float] | None = None

@@ -24,7 +24,7 @@ server that produced it); ``canonical_path`` is the official form.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import quote
 
 from ..errors import InvalidRequestError
@@ -82,6 +82,8 @@ class ParsedCheckpointTinkerPath(Model, kw_only=True, frozen=True):
     ``checkpoint_id`` is ``"<kind>/<name>"`` in the official spelling (e.g.
     ``"weights/step-100"``); ``tinker_path`` is the path as given.
     """
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     tinker_path: str
     training_run_id: str

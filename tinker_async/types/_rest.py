@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 import msgspec
 
@@ -32,6 +33,8 @@ class Checkpoint(Model, kw_only=True, frozen=True):
     path is then copied into ``tinker_path``, so it always holds the path to use.
     """
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     checkpoint_id: str
     checkpoint_type: CheckpointType
     time: datetime
@@ -49,12 +52,15 @@ class Checkpoint(Model, kw_only=True, frozen=True):
     train_attn: bool | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.tinker_path and self.twinkle_path:
             msgspec.structs.force_setattr(self, "tinker_path", self.twinkle_path)
 
 
 class Cursor(Model, kw_only=True, frozen=True):
     """Pagination state of a list answer."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     offset: int = 0
     limit: int = 0
@@ -64,12 +70,16 @@ class Cursor(Model, kw_only=True, frozen=True):
 class CheckpointsListResponse(Model, kw_only=True, frozen=True):
     """Checkpoints, with a cursor when the list is paginated."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     checkpoints: list[Checkpoint] = msgspec.field(default_factory=list)
     cursor: Cursor | None = None
 
 
 class TrainingRun(Model, kw_only=True, frozen=True):
     """A training run (a training model and its checkpoints)."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     training_run_id: str
     base_model: str
@@ -86,6 +96,8 @@ class TrainingRun(Model, kw_only=True, frozen=True):
 class TrainingRunsResponse(Model, kw_only=True, frozen=True):
     """A page of training runs."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     training_runs: list[TrainingRun] = msgspec.field(default_factory=list)
     cursor: Cursor = Cursor()
 
@@ -96,6 +108,8 @@ class WeightsInfoResponse(Model, kw_only=True, frozen=True):
     ``is_lora`` is inferred from ``lora_rank`` when a server leaves it out (tinkercloud).
     """
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     base_model: str
     optimizer_config: OptimizerConfig = ADAMW_DEFAULT
     is_lora: bool = False
@@ -105,12 +119,15 @@ class WeightsInfoResponse(Model, kw_only=True, frozen=True):
     train_attn: bool | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.is_lora and self.lora_rank:
             msgspec.structs.force_setattr(self, "is_lora", True)
 
 
 class ExternalWeightsUrlsResponse(Model, kw_only=True, frozen=True):
     """Signed download URLs of an external-format checkpoint, by relative file path."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     urls: dict[str, str]
     expires: datetime
@@ -131,11 +148,15 @@ class CopyWeightsRequest(Model, kw_only=True, frozen=True):
 class CopyWeightsResponse(Model, kw_only=True, frozen=True):
     """The path of the copy."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     tinker_path: str
 
 
 class CheckpointPath(Model, kw_only=True, frozen=True):
     """Result of Twinkle's ``checkpoint_path``: the storage path and the URI forms."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     path: str
     tinker_path: str | None = None
@@ -144,6 +165,8 @@ class CheckpointPath(Model, kw_only=True, frozen=True):
 
 class CapacityInfo(Model, kw_only=True, frozen=True):
     """LoRA capacity of a Twinkle server."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     max_loras: int
     used_loras: int

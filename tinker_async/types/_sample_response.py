@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ._base import Model
+from ._base import WireModel
 from ._sampling import StopReason
 from ._tensor import TensorData, TensorDataWire
 
@@ -374,7 +374,7 @@ def normalize_stop_reason(reason: str | None) -> StopReason:
     return "length" if reason in _LENGTH_REASONS else "stop"
 
 
-class SampledSequenceWire(Model, kw_only=True, frozen=True):
+class SampledSequenceWire(WireModel, kw_only=True, frozen=True):
     """JSON form of a sampled sequence; accepts ``finish_reason`` for ``stop_reason``."""
 
     tokens: list[int] = msgspec.field(default_factory=list)
@@ -409,14 +409,14 @@ class SampledSequenceWire(Model, kw_only=True, frozen=True):
         )
 
 
-class PromptAltTokensWire(Model, kw_only=True, frozen=True):
+class PromptAltTokensWire(WireModel, kw_only=True, frozen=True):
     """JSON form of :class:`PromptAltTokens`."""
 
     tokens: TensorDataWire
     logprobs: TensorDataWire
 
 
-class SampleResponseWire(Model, kw_only=True, frozen=True):
+class SampleResponseWire(WireModel, kw_only=True, frozen=True):
     """JSON form of a sample result (``prompt_logprobs`` holds null for NaN)."""
 
     sequences: list[SampledSequenceWire] = msgspec.field(default_factory=list)

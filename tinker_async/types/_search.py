@@ -45,6 +45,8 @@ __all__ = [
 class SessionFailedRequestReason(Model, kw_only=True, frozen=True, tag="request", tag_field="type"):
     """A request failed the session."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     request_id: str
     request_type: str
     type: ClassVar[Literal["request"]] = "request"
@@ -55,6 +57,8 @@ class SessionFailedTrainingRunReason(
 ):
     """A training run failed the session."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     training_run_id: str
     type: ClassVar[Literal["training_run"]] = "training_run"
 
@@ -63,6 +67,8 @@ class SessionFailedSamplingSessionReason(
     Model, kw_only=True, frozen=True, tag="sampling_session", tag_field="type"
 ):
     """A sampling session failed the session."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     sampling_session_id: str
     type: ClassVar[Literal["sampling_session"]] = "sampling_session"
@@ -77,6 +83,8 @@ SessionFailedReason = (
 class SessionFailed(Model, kw_only=True, frozen=True, tag="failed", tag_field="type"):
     """The session was failed by one of its requests, training runs or samplers."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     category: Literal["user", "internal"]
     reason: SessionFailedReason
     message: str
@@ -86,6 +94,8 @@ class SessionFailed(Model, kw_only=True, frozen=True, tag="failed", tag_field="t
 class SessionCancelled(Model, kw_only=True, frozen=True, tag="cancelled", tag_field="type"):
     """The session was cancelled (from the console)."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     detail: str | None = None
     type: ClassVar[Literal["cancelled"]] = "cancelled"
 
@@ -93,11 +103,15 @@ class SessionCancelled(Model, kw_only=True, frozen=True, tag="cancelled", tag_fi
 class ClientSessionFinishSuccess(Model, kw_only=True, frozen=True, tag="success", tag_field="type"):
     """The client finished normally."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     type: ClassVar[Literal["success"]] = "success"
 
 
 class ClientSessionFinishErrored(Model, kw_only=True, frozen=True, tag="errored", tag_field="type"):
     """The client finished with an error."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     type: ClassVar[Literal["errored"]] = "errored"
 
@@ -106,6 +120,8 @@ class ClientSessionFinishInterrupted(
     Model, kw_only=True, frozen=True, tag="interrupted", tag_field="type"
 ):
     """The client was interrupted."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     type: ClassVar[Literal["interrupted"]] = "interrupted"
 
@@ -121,6 +137,8 @@ class ClientSessionFinished(
 ):
     """The session's client reported it was done."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     reason: ClientSessionFinishReason
     detail: str | None = None
     type: ClassVar[Literal["client_finished"]] = "client_finished"
@@ -128,6 +146,8 @@ class ClientSessionFinished(
 
 class SessionActive(Model, kw_only=True, frozen=True, tag="active", tag_field="type"):
     """The session is running."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     type: ClassVar[Literal["active"]] = "active"
 
@@ -208,6 +228,8 @@ _OWN = OwnSearchOwner()
 class SessionSearchCursor(Model, kw_only=True, frozen=True):
     """Where the next page starts; pass a response's ``next_cursor`` back unchanged."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     last_created_at: Annotated[datetime, msgspec.Meta(tz=True)]
     last_session_id: str
 
@@ -228,6 +250,8 @@ class SessionSearchRequest(Model, kw_only=True, frozen=True):
 class SessionSummary(Model, kw_only=True, frozen=True):
     """One session in search results."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     session_id: str
     created_at: datetime
     owner: str
@@ -241,6 +265,8 @@ class SessionSummary(Model, kw_only=True, frozen=True):
 
 class SessionSearchResponse(Model, kw_only=True, frozen=True):
     """One page of search results, newest first."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     sessions: list[SessionSummary] = msgspec.field(default_factory=list)
     next_cursor: SessionSearchCursor | None = None

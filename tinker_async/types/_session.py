@@ -46,6 +46,8 @@ class CreateSessionRequest(
 class CreateSessionResponse(Model, kw_only=True, frozen=True):
     """The new session id, with optional messages the SDK logs at INFO/WARNING/ERROR."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     session_id: str
     info_message: str | None = None
     warning_message: str | None = None
@@ -65,6 +67,8 @@ class SessionHeartbeatRequest(
 class SessionHeartbeatResponse(Model, kw_only=True, frozen=True):
     """Answer to a heartbeat (``{}`` on some servers)."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     type: str = "session_heartbeat"
 
 
@@ -83,6 +87,8 @@ class CreateSamplingSessionRequest(
 class CreateSamplingSessionResponse(Model, kw_only=True, frozen=True):
     """The new sampling session id."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     sampling_session_id: str
     type: str = "create_sampling_session"
 
@@ -99,6 +105,8 @@ class JoinSamplingSessionRequest(
 class JoinSamplingSessionResponse(Model, kw_only=True, frozen=True):
     """The server-allocated clone id (the original client is 0)."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     client_counter: int
     type: str = "join_sampling_session"
 
@@ -111,6 +119,8 @@ class ClientConfigRequest(Model, kw_only=True, frozen=True):
 
 class ClientConfigResponse(Model, kw_only=True, frozen=True):
     """Server feature flags, fetched once per client; defaults as in SDK 0.38."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     pjwt_auth_enabled: bool = False
     credential_default_source: str = "api_key"
@@ -134,6 +144,8 @@ class ClientConfigResponse(Model, kw_only=True, frozen=True):
 class ClientDynamicConfigResponse(Model, kw_only=True, frozen=True):
     """Server flags refreshed every ``refresh_interval_sec``; defaults as in SDK 0.38."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     refresh_interval_sec: int = 300
     sample_cancel_enabled: bool = False
     sample_cancel_max_batch_size: int = 64
@@ -142,6 +154,8 @@ class ClientDynamicConfigResponse(Model, kw_only=True, frozen=True):
 class GetSamplerResponse(Model, kw_only=True, frozen=True):
     """A sampler (sampling session): its base model and weights path."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     sampler_id: str
     base_model: str
     model_path: str | None = None
@@ -149,6 +163,8 @@ class GetSamplerResponse(Model, kw_only=True, frozen=True):
 
 class SupportedModel(Model, kw_only=True, frozen=True):
     """A model the server offers."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     model_name: str | None = None
     max_context_length: int | None = None
@@ -160,6 +176,8 @@ class GetServerCapabilitiesResponse(Model, kw_only=True, frozen=True):
     """The server's models (tinkercloud lists plain names; they decode as SupportedModel)
     and, on tinkercloud, ``max_batch_size`` and ``features``."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     supported_models: list[SupportedModel] = msgspec.field(default_factory=list)
     max_batch_size: int | None = None
     features: list[str] | None = None
@@ -167,6 +185,8 @@ class GetServerCapabilitiesResponse(Model, kw_only=True, frozen=True):
 
 class GetSessionResponse(Model, kw_only=True, frozen=True):
     """A session's training runs and samplers."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     training_run_ids: list[str] = msgspec.field(default_factory=list)
     sampler_ids: list[str] = msgspec.field(default_factory=list)
@@ -177,12 +197,16 @@ class GetSessionResponse(Model, kw_only=True, frozen=True):
 class ListSessionsResponse(Model, kw_only=True, frozen=True):
     """Session ids."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     sessions: list[str] = msgspec.field(default_factory=list)
 
 
 class HealthResponse(Model, kw_only=True, frozen=True):
     """A health check answer: ``{"status": "ok"}`` officially; tinkercloud says
     ``"healthy"`` and adds details. Extra fields are ignored."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     status: str = "ok"
     version: str | None = None

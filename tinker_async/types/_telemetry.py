@@ -39,11 +39,15 @@ class _Event(Model, kw_only=True, frozen=True, tag_field="event"):
 class SessionStartEvent(_Event, kw_only=True, frozen=True, tag="SESSION_START"):
     """A session started."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     event: ClassVar[Literal["SESSION_START"]] = "SESSION_START"
 
 
 class SessionEndEvent(_Event, kw_only=True, frozen=True, tag="SESSION_END"):
     """A session ended; ``duration`` is an ISO 8601 duration."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     duration: str
     event: ClassVar[Literal["SESSION_END"]] = "SESSION_END"
@@ -51,6 +55,8 @@ class SessionEndEvent(_Event, kw_only=True, frozen=True, tag="SESSION_END"):
 
 class UnhandledExceptionEvent(_Event, kw_only=True, frozen=True, tag="UNHANDLED_EXCEPTION"):
     """An exception escaped user code."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     error_message: str
     error_type: str
@@ -60,6 +66,8 @@ class UnhandledExceptionEvent(_Event, kw_only=True, frozen=True, tag="UNHANDLED_
 
 class GenericEvent(_Event, kw_only=True, frozen=True, tag="GENERIC_EVENT"):
     """A named event with a free-form payload."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     event_name: str
     event_data: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -73,6 +81,8 @@ TelemetryEvent = SessionStartEvent | SessionEndEvent | UnhandledExceptionEvent |
 class TelemetryBatch(Model, kw_only=True, frozen=True):
     """A batch of events from one process and session."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     events: list[TelemetryEvent]
     platform: str
     sdk_version: str
@@ -83,8 +93,12 @@ class TelemetryBatch(Model, kw_only=True, frozen=True):
 class TelemetrySendRequest(TelemetryBatch, kw_only=True, frozen=True):
     """Body of ``POST /telemetry``."""
 
+    _ignore_extra: ClassVar[bool] = False  # a request type, as in the SDK
+
 
 class TelemetryResponse(Model, kw_only=True, frozen=True):
     """Answer to ``POST /telemetry``."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     status: str = "accepted"

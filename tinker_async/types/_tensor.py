@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ._base import Model
+from ._base import WireModel
+from ._validation import ValidationError
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +20,10 @@ __all__ = ["TensorData", "TensorDataWire", "TensorDtype", "TorchNotInstalledErro
 TensorDtype = Literal["int64", "float32"]
 """The two dtypes on the wire."""
 
-_NP_DTYPES: dict[str, type[np.generic]] = {"int64": np.int64, "float32": np.float32}
+# dtype objects, not scalar types: comparing an array's dtype with these is cheap.
+_INT64 = np.dtype(np.int64)
+_FLOAT32 = np.dtype(np.float32)
+_NP_DTYPES: dict[str, np.dtype[Any]] = {"int64": _INT64, "float32": _FLOAT32}
 
 
 class TorchNotInstalledError(ImportError):
@@ -45,9 +49,10 @@ def is_torch_tensor(value: object) -> bool:
 
 def tensor_dtype_of(dtype: np.dtype[Any]) -> TensorDtype:
     """The wire dtype for a numpy dtype: floats -> float32, integers -> int64."""
-    if dtype.kind == "f":
+    kind = dtype.kind
+    if kind == "f":
         return "float32"
-    if dtype.kind in ("i", "u"):
+    if kind == "i" or kind == "u":
         return "int64"
     raise ValueError(
         f"Unsupported numpy dtype {dtype}: TensorData holds float32 (from any float dtype) "
@@ -55,7 +60,7 @@ def tensor_dtype_of(dtype: np.dtype[Any]) -> TensorDtype:
     )
 
 
-def _numpy_dtype(dtype: str) -> type[np.generic]:
+def _numpy_dtype(dtype: str) -> np.dtype[Any]:
     try:
         return _NP_DTYPES[dtype]
     except KeyError:
@@ -73,16 +78,22 @@ def _check_pad_value(pad_value: Any) -> int:
     return int(pad_value)
 
 
-def _as_array(data: Any, np_dtype: type[np.generic]) -> npt.NDArray[Any]:
+def _as_array(data: Any, np_dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     if isinstance(data, np.ndarray):
-        if data.dtype != np_dtype:
+        current = data.dtype
+        if current is not np_dtype and current != np_dtype:
             return data.astype(np_dtype)
         # torch.from_numpy warns on read-only buffers (np.frombuffer, mmap), so copy.
         return data if data.flags.writeable else data.copy()
     if data is None:
         return np.empty(0, dtype=np_dtype)
     # For float32, numpy reads None (JSON's null for NaN) as NaN.
-    return np.asarray(data, dtype=np_dtype)
+    try:
+        return np.asarray(data, dtype=np_dtype)
+    except (TypeError, OverflowError, ValueError) as exc:  # a null in int64, 1e20, text...
+        raise ValidationError("TensorData", [{
+            "loc": ("data",), "msg": f"expected {np_dtype} numbers: {exc}", "input": data,
+        }]) from None
 
 
 @dataclass(frozen=True, eq=False, init=False, repr=False)
@@ -167,8 +178,24 @@ class TensorData:
 
     @classmethod
     def from_numpy(cls, array: npt.NDArray[Any]) -> TensorData:
-        """A dense tensor from a numpy array (floats -> float32, integers -> int64)."""
-        return cls(data=array, dtype=tensor_dtype_of(array.dtype), shape=list(array.shape))
+        """A dense tensor from a numpy array (floats -> float32, integers -> int64).
+
+        The array is kept, not copied, when it already is a writeable float32 / int64
+        array (as in the official SDK).
+        """
+        if not isinstance(array, np.ndarray):
+            return cls(data=array, dtype=tensor_dtype_of(np.asarray(array).dtype))
+        dtype = tensor_dtype_of(array.dtype)
+        # The checks __init__ would make are known to pass here; this runs per datum.
+        arr = _as_array(array, _NP_DTYPES[dtype])
+        self = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(self, "_numpy", arr)
+        set_(self, "dtype", dtype)
+        set_(self, "shape", list(arr.shape))
+        set_(self, "sparse_crow_indices", None)
+        set_(self, "sparse_col_indices", None)
+        return self
 
     @classmethod
     def from_numpy_sparse(cls, array: npt.NDArray[Any], pad_value: int = 0) -> TensorData:
@@ -264,7 +291,7 @@ def _int_list(values: Sequence[int] | None) -> list[int] | None:
     return [int(v) for v in values]
 
 
-class TensorDataWire(Model, kw_only=True, frozen=True):
+class TensorDataWire(WireModel, kw_only=True, frozen=True):
     """The JSON form of :class:`TensorData` (``{"data", "dtype", "shape"?, ...}``).
 
     Used where a tensor sits inside a JSON request (``SampleRequest.target_prompt_logprobs``,

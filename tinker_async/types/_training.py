@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from ._base import Model
+from ._base import Model, WireModel
 from ._codec import keep
 from ._datum import Datum, DatumWire
 from ._optim import ADAMW_DEFAULT, OptimizerConfig, normalized_optimizer_config
@@ -98,7 +98,7 @@ class ForwardBackwardOutput:
 # --- JSON wire forms of the dataclasses above ----------------------------------------
 
 
-class ForwardBackwardInputWire(Model, kw_only=True, frozen=True):
+class ForwardBackwardInputWire(WireModel, kw_only=True, frozen=True):
     """JSON form of :class:`ForwardBackwardInput`."""
 
     data: list[DatumWire]
@@ -124,7 +124,7 @@ class ForwardBackwardInputWire(Model, kw_only=True, frozen=True):
         )
 
 
-class ForwardBackwardRequestWire(Model, kw_only=True, frozen=True):
+class ForwardBackwardRequestWire(WireModel, kw_only=True, frozen=True):
     """JSON body of forward_backward / forward on JSON servers.
 
     Encodes the official nested form (``forward_backward_input`` or ``forward_input``).
@@ -178,7 +178,7 @@ class ForwardBackwardRequestWire(Model, kw_only=True, frozen=True):
         )
 
 
-class ForwardBackwardOutputWire(Model, kw_only=True, frozen=True):
+class ForwardBackwardOutputWire(WireModel, kw_only=True, frozen=True):
     """JSON form of :class:`ForwardBackwardOutput` (``loss_fn_output_type`` optional).
 
     Metric values may be ``null`` (JSON has no NaN); they decode as NaN.
@@ -214,7 +214,7 @@ class ForwardBackwardOutputWire(Model, kw_only=True, frozen=True):
 # --- LoRA and model lifecycle ----------------------------------------------------------
 
 
-class LoraConfig(Model, kw_only=True, frozen=True):
+class LoraConfig(Model, kw_only=True, frozen=True, gc=False):
     """LoRA settings of a training model. The ``train_*`` switches are always sent."""
 
     rank: int
@@ -240,6 +240,7 @@ class CreateModelRequest(Model, kw_only=True, frozen=True, tag="create_model", t
     type: ClassVar[Literal["create_model"]] = "create_model"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         msgspec.structs.force_setattr(
             self, "optimizer_config", normalized_optimizer_config(self.optimizer_config)
         )
@@ -247,6 +248,8 @@ class CreateModelRequest(Model, kw_only=True, frozen=True, tag="create_model", t
 
 class CreateModelResponse(Model, kw_only=True, frozen=True):
     """Result of ``create_model``."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     model_id: ModelID
     type: str = "create_model"
@@ -262,6 +265,8 @@ class GetInfoRequest(Model, kw_only=True, frozen=True, tag="get_info", tag_field
 class ModelData(Model, kw_only=True, frozen=True):
     """Architecture facts about a model."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     arch: str | None = None
     model_name: str | None = None
     tokenizer_id: str | None = None
@@ -270,6 +275,8 @@ class ModelData(Model, kw_only=True, frozen=True):
 class GetInfoResponse(Model, kw_only=True, frozen=True):
     """Info about a training model (``model_id`` defaults to "" because tinkercloud
     leaves it out)."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     model_data: ModelData = ModelData()
     model_id: ModelID = ""
@@ -289,6 +296,8 @@ class UnloadModelRequest(Model, kw_only=True, frozen=True, tag="unload_model", t
 
 class UnloadModelResponse(Model, kw_only=True, frozen=True):
     """Result of ``unload_model``."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     model_id: ModelID
     type: str | None = None

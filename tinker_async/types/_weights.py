@@ -49,6 +49,8 @@ class SaveWeightsResponse(Model, kw_only=True, frozen=True):
     tinkercloud returns a filesystem ``path`` plus ``tinker_path``; the latter is kept.
     """
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     path: str
     tinker_path: str | None = None
     type: str | None = None
@@ -79,6 +81,8 @@ class SaveWeightsForSamplerRequest(
 class SaveWeightsForSamplerResponseInternal(Model, kw_only=True, frozen=True):
     """The raw result of ``save_weights_for_sampler`` (a path, or a sampling session)."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     path: str | None = None
     sampling_session_id: str | None = None
     tinker_path: str | None = None
@@ -87,6 +91,8 @@ class SaveWeightsForSamplerResponseInternal(Model, kw_only=True, frozen=True):
 
 class SaveWeightsForSamplerResponse(Model, kw_only=True, frozen=True):
     """The public result of ``save_weights_for_sampler``: the sampler weights' path."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     path: str
     type: str | None = None
@@ -116,6 +122,8 @@ class SaveWeightsExternalRequest(
 class SaveWeightsExternalResponseInternal(Model, kw_only=True, frozen=True):
     """The raw result of ``save_weights_external``."""
 
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
+
     path: str | None = None
     size_bytes: int | None = None
     type: str | None = None
@@ -123,6 +131,8 @@ class SaveWeightsExternalResponseInternal(Model, kw_only=True, frozen=True):
 
 class SaveWeightsExternalResponse(Model, kw_only=True, frozen=True):
     """The public result of ``save_weights_external``: the export's path."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     path: str
     type: str | None = None
@@ -150,6 +160,8 @@ class LoadWeightsRequest(Model, kw_only=True, frozen=True, tag="load_weights", t
 
 class LoadWeightsResponse(Model, kw_only=True, frozen=True):
     """Result of ``load_weights``."""
+
+    _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
     path: str | None = None
     model_id: str | None = None
