@@ -106,3 +106,15 @@ def test_retry_statuses_may_be_any_collection_and_sampling_uses_them(
                              tinker.SamplingParams(max_tokens=2)).result(30)
     assert len(out.sequences[0].tokens) == 2
     assert [r.status for r in fresh_server.requests if r.path.endswith("/asample")] == [503, 200]
+
+
+def test_a_policy_retries_exactly_its_statuses(fresh_server: LocalServer, api_key: str) -> None:
+    from tinker_async import InternalServerError, RestClient
+
+    assert RetryPolicy().should_retry_status(599)  # the default: every 5xx, 408, 409, 429
+    only_429 = RetryPolicy(retry_statuses=frozenset({429}), base_delay=0.01, max_delay=0.05)
+    fresh_server.faults.add(r"/training_runs$", status=502, count=1)
+    client = RestClient(base_url=fresh_server.url, api_key=api_key, retry=only_429)
+    with pytest.raises(InternalServerError):
+        client.list_training_runs().result(10)  # a 502 is not in the policy: no retry
+    assert [r.status for r in fresh_server.requests if r.path.endswith("/training_runs")] == [502]

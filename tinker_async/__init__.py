@@ -150,7 +150,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    # The public names (and module dunders), not the helpers this module imports.
+    return sorted(set(__all__) | {n for n in globals() if n.startswith("__")})
 
 
 __title__ = "tinker_async"

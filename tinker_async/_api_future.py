@@ -126,13 +126,6 @@ class APIFuture(Generic[T]):
         """Schedule ``coro`` on ``loop`` from another thread."""
         return cls(asyncio.run_coroutine_threadsafe(coro, loop), loop)
 
-    @classmethod
-    def completed(cls, value: T) -> APIFuture[T]:
-        """An already-finished future (for values known locally)."""
-        cf: concurrent.futures.Future[T] = concurrent.futures.Future()
-        cf.set_result(value)
-        return cls(cf, _running_loop() or asyncio.get_event_loop_policy().get_event_loop())
-
     # -- reading ------------------------------------------------------------------------
 
     def _on_owner_thread(self) -> bool:

@@ -93,14 +93,16 @@ class RetryPolicy:
     max_delay: float = DEFAULT_RETRY_MAX_DELAY
     retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP
     deadline: float = DEFAULT_CALL_DEADLINE
-    retry_statuses: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+    #: statuses that are retried (by default 408, 409, 429 and every 5xx); a policy built
+    #: with other statuses retries exactly those
+    retry_statuses: frozenset[int] = frozenset({408, 409, 429, *range(500, 600)})
 
     def __post_init__(self) -> None:
         # Any collection of statuses will do; a frozenset keeps the policy hashable.
         object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
 
     def should_retry_status(self, status: int) -> bool:
-        return status in self.retry_statuses or status >= 500
+        return status in self.retry_statuses
 
     def replace(self, **changes: Any) -> RetryPolicy:
         return dataclasses.replace(self, **changes)

@@ -28,7 +28,7 @@ def load_tokenizer(info: t.GetInfoResponse) -> Any:
 def tokenizer_for_model(name: str) -> Any:
     """The tokenizer for a model name or tokenizer id."""
     if name in BYTE_TOKENIZER_IDS or name.startswith("local/"):
-        from .local._tokenizer import ByteTokenizer
+        from ._byte_tokenizer import ByteTokenizer
 
         return ByteTokenizer()
     try:

@@ -1,7 +1,7 @@
 """What the embedded server speaks: protocol dialects and HTTP surfaces.
 
 A **dialect** is a whole-server personality: the official 0.38 service, or one of the
-Tinker-compatible servers described in ``/work/shared/reference/dialects.md`` (they lack
+Tinker-compatible servers others run (skyrl-tx, tuft, tinkercloud, Twinkle; they lack
 ``client/config``, poll differently, use other path schemes, ...). It lets the client's
 tests check its tolerances against a real HTTP server. Flags marked *(follow-up)* are read
 by the training and sampling routes, which are added later.
