@@ -40,3 +40,38 @@ def test_close_with_more_calls_in_flight_than_connections(run_script: Callable[.
     assert sum(outcomes.values()) == 450
     assert "Traceback" not in out and "never retrieved" not in out, out
     assert "was ended by the server" not in out  # our own close is not a server's doing
+
+
+WITH_BLOCK_SCRIPT = r'''
+import asyncio, logging, warnings
+import tinker_async as tinker
+from tinker_async.local import LocalServer
+
+logging.basicConfig(level=logging.INFO)
+warnings.simplefilter("always")
+
+async def main():
+    async with LocalServer(api_key="tml-x") as srv:
+        try:
+            # The cookbook's pattern: a sync with-block inside async def, left by an error
+            # while training futures are still pending.
+            with tinker.ServiceClient(base_url=srv.url, api_key="tml-x") as svc:
+                tc = await svc.create_lora_training_client("local/byte-lm", rank=4)
+                datum = tinker.Datum(model_input=tinker.ModelInput.from_ints([1, 2, 3, 4]),
+                                     loss_fn_inputs={"target_tokens": [2, 3, 4, 5],
+                                                     "weights": [1.0] * 4})
+                futures = [tc.forward_backward([datum] * 8, "cross_entropy") for _ in range(4)]
+                await futures[0]
+                raise RuntimeError("crash")
+        except RuntimeError:
+            print("CAUGHT")
+
+asyncio.run(main())
+'''
+
+
+def test_leaving_a_with_block_with_work_pending_is_quiet(run_script: Callable[..., str]) -> None:
+    out = run_script(WITH_BLOCK_SCRIPT, timeout=120)
+    assert "CAUGHT" in out
+    assert "retrying" not in out  # our own close is not an outage to retry through
+    assert "BlockingCallWarning" not in out and "Traceback" not in out, out

@@ -140,6 +140,11 @@ class APIFuture(Generic[T]):
         has not started yet runs on the background loop instead; one that already started
         there cannot finish while its loop is blocked, so that raises ``RuntimeError``.
         """
+        return self._result(timeout, warn=True)
+
+    def _result(self, timeout: float | None, *, warn: bool) -> T:
+        """:meth:`result`; ``warn=False`` for the library's own blocking waits (leaving a
+        ``with`` block), which the official SDK does not warn about either."""
         cf = self._guest or self._cf
         if cf.done():
             return cf.result()
@@ -147,7 +152,8 @@ class APIFuture(Generic[T]):
         if running is not None:
             if running is self._loop:
                 cf = self._to_guest()
-            _warn_blocking_once()
+            if warn:
+                _warn_blocking_once()
         return _wait(cf, timeout)
 
     def _to_guest(self) -> concurrent.futures.Future[T]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
 from ._loops import LoopLock, in_guest_run
 from ._transport import Transport
-from .errors import APIError, NotFoundError, SessionExpiredError
+from .errors import APIError, NotFoundError, SessionExpiredError, TinkerError
 
 __all__ = ["Session"]
 
@@ -223,5 +223,5 @@ class Session:
                 json={"reason": {"type": status}, "detail": detail},
                 timeout=10,
             )
-        except APIError as exc:
+        except TinkerError as exc:  # also the closing transport's own ClientClosedError
             log.info("finishing session %s failed: %s", self.id, exc)

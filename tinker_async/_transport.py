@@ -496,8 +496,13 @@ class Transport:
             try:
                 response = await self._send(method, url, req_headers, body, params, read_timeout,
                                             follow_redirects)
-            except APIError as exc:
+            except APIConnectionError as exc:
+                if self.closing or self.closed:
+                    # Our own close broke the connection: the call ends, it is not retried.
+                    raise _closed_error() from None
                 error: APIError = exc
+            except APIError as exc:
+                error = exc
             else:
                 status = response.status
                 if status < 400 or status in ok_statuses:

@@ -582,7 +582,7 @@ class ServiceClient:
         interrupted = exc_type is not None and not issubclass(exc_type, Exception)
         closing = self.close(_finish_status(exc_type))
         try:
-            closing.result(_EXIT_CLOSE_TIMEOUT_S if interrupted else _CLOSE_TIMEOUT_S)
+            closing._result(_EXIT_CLOSE_TIMEOUT_S if interrupted else _CLOSE_TIMEOUT_S, warn=False)
         except TimeoutError:
             log.info("the server did not answer the session's finish request in time")
 
