@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         ClientFuture,
     )
     from ._config import RetryPolicy
+    from ._download import DownloadedFile, DownloadError, DownloadResult
     from ._futures import QueueState
     from .custom_loss import LossHandle, PerDatumLossFn
     from .paths import InvalidPathError
@@ -113,6 +114,9 @@ _LAZY: dict[str, str] = {
     "BackcompatSamplingClientFuture": ".sampling",
     "BackcompatTrainingClientFuture": ".training",
     "RetryPolicy": "._config",
+    "DownloadError": "._download",
+    "DownloadResult": "._download",
+    "DownloadedFile": "._download",
     "QueueState": "._futures",
     "Telemetry": ".telemetry",
     "InvalidPathError": ".paths",
@@ -183,6 +187,9 @@ __all__ = [
     "DimuonOptimizerConfig",
     "DimuonParams",
     "DmelChunk",
+    "DownloadError",
+    "DownloadResult",
+    "DownloadedFile",
     "EncodedTextChunk",
     "ExperimentalWarning",
     "ForwardBackwardOutput",

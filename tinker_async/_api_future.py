@@ -35,13 +35,13 @@ def _warn_blocking_once() -> None:
         if _warned_blocking:
             return
         _warned_blocking = True
-    # stacklevel 3: the user's line that called .result()
+    # stacklevel 4: the user's line that called .result() (through result -> _result)
     warnings.warn(
         "APIFuture.result() blocks this thread's running event loop until the work is done; "
         "use `await future` (or `await x_async(...)`) inside async code. This warning is "
         "shown once.",
         BlockingCallWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 

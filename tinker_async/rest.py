@@ -17,8 +17,9 @@ import asyncio
 import datetime as dt
 import email.utils
 import numbers
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Literal, TypeVar
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -29,6 +30,8 @@ from ._api_future import APIFuture
 from ._auth import jwt_claims
 from ._config import NO_RETRY, resolve_config
 from ._dialect import make_dialect
+from ._download import DownloadResult
+from ._download import download_checkpoint as _download_checkpoint
 from ._loops import Home
 from ._sync import homed
 from ._transport import Transport
@@ -42,6 +45,9 @@ from .errors import (
 from .paths import ParsedCheckpointTinkerPath, parse_checkpoint_path
 from .telemetry import Telemetry
 from .types._archive import CheckpointArchiveUrlResponse
+
+if TYPE_CHECKING:
+    from .service import ServiceClient
 
 __all__ = ["AdminClient", "RestClient"]
 
@@ -655,6 +661,38 @@ class RestClient(_RestBase):
         """Every session id (blocking iterator over :meth:`aiter_sessions`)."""
         return _sync.iterate(self, self.aiter_sessions(page_size, access_scope))
 
+    # -- downloads ----------------------------------------------------------------------
+
+    @homed
+    async def download_checkpoint_async(
+        self,
+        path: str,
+        dest: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        progress: Callable[[int, int | None, str], None] | None = None,
+        parallel: int = 4,
+        retries: int = 5,
+        service_client: ServiceClient | None = None,
+    ) -> DownloadResult:
+        """Download the files of a ``weights`` or ``external_weights`` checkpoint into the
+        directory ``dest``; returns what was written (files, sizes, destination).
+
+        An external-weights checkpoint is fetched from its signed URLs; a training
+        checkpoint is first exported through a temporary external-weights checkpoint
+        (which starts a training session on its base model, through ``service_client``
+        or a ServiceClient made with this client's settings) that is deleted afterwards.
+        Sampler checkpoints cannot be downloaded. ``dest`` must be absent, empty, or an
+        unfinished download of the same checkpoint (which is resumed); ``force=True``
+        replaces anything else. Up to ``parallel`` files stream at once, each into a
+        ``.part`` file renamed when complete; a dropped connection is resumed with an HTTP
+        range request (``retries`` times per file). ``progress(bytes_done, bytes_total,
+        file_name)`` is called as bytes arrive (``bytes_total`` is None while unknown).
+        """
+        return await _download_checkpoint(
+            self, path, dest, force=force, progress=progress, parallel=parallel,
+            retries=retries, service_client=service_client)
+
     # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
     def get_server_capabilities(self) -> APIFuture[t.GetServerCapabilitiesResponse]:
         """The models the server supports.
@@ -971,6 +1009,16 @@ class RestClient(_RestBase):
         """
         _argcheck.check_call(self.get_current_checkpoint_storage_usage_async, locals())
         return _sync.call(self, self.get_current_checkpoint_storage_usage_async(project_id))
+
+    def download_checkpoint(self, path: str, dest: str | os.PathLike[str], *, force: bool=False, progress: Callable[[int, int | None, str], None] | None=None, parallel: int=4, retries: int=5, service_client: ServiceClient | None=None) -> APIFuture[DownloadResult]:
+        """Download the files of a ``weights`` or ``external_weights`` checkpoint into the
+        directory ``dest``; returns what was written (files, sizes, destination).
+
+        Sync form of :meth:`download_checkpoint_async`: starts the call now and returns an APIFuture
+        (``.result(timeout)`` blocks; ``await`` it in async code).
+        """
+        _argcheck.check_call(self.download_checkpoint_async, locals())
+        return _sync.call(self, self.download_checkpoint_async(path, dest, force=force, progress=progress, parallel=parallel, retries=retries, service_client=service_client))
     # --- END GENERATED SYNC FORMS ---
 
 
