@@ -176,22 +176,24 @@ def test_gradient_check_cross_entropy(tiny: M.BaseModel) -> None:
     assert _finite_difference_error(adapter, _loss_of(adapter, data, "cross_entropy")) < 1e-5
 
 
-@pytest.mark.parametrize("loss_fn", ["importance_sampling", "ppo", "dro", "gspo", "cispo"])
+@pytest.mark.parametrize(
+    "loss_fn", ["importance_sampling", "ppo", "dro", "gspo", "cispo", "stable_reinforce"])
 def test_gradient_check_rl_losses(tiny: M.BaseModel, loss_fn: str) -> None:
     """Every loss's parameter gradient matches finite differences of its objective.
 
-    For ppo / importance_sampling / dro that objective is the loss value. cispo and
-    gspo put a stop-gradient on the (clipped) ratio, so their objective is the loss with
+    For ppo / importance_sampling / dro that objective is the loss value. cispo, gspo and
+    stable_reinforce put a stop-gradient on the (clipped) ratio, so their objective is the loss with
     those coefficients frozen: ``sum(dL/dlp|_0 * lp(theta))``, which we difference via
     ``cross_entropy`` with weights ``-dL/dlp|_0``.
     """
     adapter = _randomized_adapter(tiny)
     # gspo: the ratio averages over a mask that skips the first position.
-    extra = {"sequence_ratio_mask": [0, 1, 1]} if loss_fn == "gspo" else {}
+    extra = {"gspo": {"sequence_ratio_mask": [0, 1, 1]},
+             "stable_reinforce": {"mask": [1, 0, 1]}}.get(loss_fn, {})
     data = _rl_data(tiny, adapter, seed=len(loss_fn), extra=extra)
     config = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1} if loss_fn == "ppo" else None
     M.forward_backward(adapter, data, loss_fn, config)
-    if loss_fn in ("cispo", "gspo"):
+    if loss_fn in ("cispo", "gspo", "stable_reinforce"):
         resolved = _losses.resolve_loss_config(loss_fn, None)
         lps = M.forward(tiny, adapter, data)
         surrogate = []
@@ -585,7 +587,7 @@ def test_clear_errors(base: M.BaseModel) -> None:
     with pytest.raises(ValueError, match=r"'ppo' is missing loss_fn_inputs \['advantages'\]"):
         M.forward_backward(adapter, [M.ModelDatum([1, 2], no_advantages)], "ppo")
     with pytest.raises(_losses.UnsupportedLossError, match="supported: cross_entropy"):
-        M.forward_backward(adapter, [M.ModelDatum([1, 2], good)], "stable_reinforce")
+        M.forward_backward(adapter, [M.ModelDatum([1, 2], good)], "no_such_loss")
     with pytest.raises(ValueError, match="shape"):
         M.forward_backward(adapter, [M.ModelDatum([1, 2, 3], good)], "importance_sampling")
     with pytest.raises(ValueError, match="does not accept loss_fn_inputs"):

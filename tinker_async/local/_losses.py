@@ -21,6 +21,8 @@ loss                        value                                               
 ``dro``                     ``-sum(lp A - beta/2 (lp - q)^2)``                  ``-(A - beta (lp - q))``
 ``gspo`` (GSPO-token)       ppo with ``r`` replaced by ``s_t = sg(s) * exp(lp -  as ppo with ``s``
                             sg(lp))``, ``s = exp(mean_{t in M}(lp - q))``
+``stable_reinforce``        ``-sum(sg(min(r, hi)) * lp * A)`` (a stand-in,     ``-min(r, hi) A``
+                            see below)
 ==========================  ==================================================  ===========
 
 Inputs (``loss_fn_inputs``), all of the datum's length ``T``:
@@ -41,8 +43,12 @@ Inputs (``loss_fn_inputs``), all of the datum's length ``T``:
 (one-sided, as the Tinker cookbook documents); ``dro`` ``beta=0.1`` (the Tinker docs show a
 ``beta`` key but we could not confirm its default). Unknown keys raise ``ValueError``.
 
-Not supported (``UnsupportedLossError``): ``stable_reinforce`` (needs per-sequence stability
-records from the sampler). ``custom`` (an uploaded loss graph) never reaches this module:
+``stable_reinforce`` is a **stand-in**: the service's version uses per-sequence stability
+records that its samplers keep (``record_stability_info``), which are not public. Here it
+is REINFORCE with a truncated importance weight (``hi = clip_high_threshold``, default
+2.0; an optional ``mask`` input zeroes positions), which is stable on stale samples as the
+cookbook's async RL (whose default loss it is) expects; its exact values differ from the
+service's. ``custom`` (an uploaded loss graph) never reaches this module:
 ``_custom_losses`` runs it, when the server has ``custom_loss_server_side`` and torch.
 """
 
@@ -108,11 +114,13 @@ LOSS_SPECS: dict[str, LossSpec] = {
         ("sequence_ratio_mask", *_CLIP_INPUTS),
         {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
     ),
+    "stable_reinforce": LossSpec(
+        "stable_reinforce", _RL, ("mask", "clip_high_threshold"), {"clip_high_threshold": 2.0}
+    ),
 }
 SUPPORTED_LOSSES: tuple[str, ...] = tuple(LOSS_SPECS)
 
 _UNSUPPORTED_WHY = {
-    "stable_reinforce": "it needs per-sequence stability records kept by the sampler",
     "custom": "it needs a custom loss graph uploaded with create_custom_loss",
 }
 
@@ -238,6 +246,14 @@ def compute_loss(
         beta = config["beta"]
         diff = lp - q
         return _value(-(lp * adv - 0.5 * beta * diff * diff), -(adv - beta * diff))
+    if loss_fn == "stable_reinforce":
+        hi_in = inputs.get("clip_high_threshold")
+        coef = np.minimum(np.exp(lp - q), hi_in if hi_in is not None
+                          else config["clip_high_threshold"])
+        mask = inputs.get("mask")
+        if mask is not None:
+            coef = coef * (mask != 0)
+        return _value(-coef * lp * adv, -coef * adv)
     lo, hi = _clip_bounds(inputs, config)
     if loss_fn == "cispo":
         coef = np.clip(np.exp(lp - q), lo, hi)
@@ -246,6 +262,7 @@ def compute_loss(
         return _clipped_surrogate(np.exp(lp - q), adv, lo, hi)
     if loss_fn == "gspo":
         return _clipped_surrogate(_gspo_ratio(lp, q, adv, inputs), adv, lo, hi)
+
     raise AssertionError(f"unreachable: {loss_fn}")  # get_loss_spec() rejected it earlier
 
 
