@@ -1,9 +1,10 @@
-# The two set-up commands of the README. Each makes its own virtualenv on first use.
+# The set-up commands of the README. Each makes its own virtualenv on first use.
 PYTHON ?= python3
 TEST_VENV := .venv
 DEMO_VENV := .venv-demo
+COMPAT_VENV := .venv-compat
 
-.PHONY: demo test lint typecheck bench serve clean
+.PHONY: demo test compat lint typecheck bench serve clean
 
 $(TEST_VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
@@ -19,6 +20,20 @@ $(DEMO_VENV)/.installed: pyproject.toml
 	$(DEMO_VENV)/bin/python -m pip install -q -e .
 	touch $@
 
+# The cookbook compatibility suite's virtualenv (Python 3.11+, as tinker-cookbook needs):
+# the project with its test extras (the official SDK 0.38 among them) and
+# compat/requirements.txt (torch pinned to the CPU build, since a bare `torch` pulls a
+# multi-GB CUDA build; the cookbook's runtime dependencies that the exercised paths import),
+# then tinker-cookbook 0.6.1 without its dependencies (one of them, tml-renderers, is not on
+# the package index, and those paths never import it).
+$(COMPAT_VENV)/.installed: pyproject.toml compat/requirements.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "make compat needs Python 3.11+"'
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install -q -e '.[test]' -r compat/requirements.txt
+	$(COMPAT_VENV)/bin/python -m pip install -q --no-deps tinker-cookbook==0.6.1
+	touch $@
+
 ## demo: the RL demo (rewards rising) against the embedded server
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/python examples/rl_loop.py
@@ -27,9 +42,14 @@ demo: $(DEMO_VENV)/.installed
 test: $(TEST_VENV)/.installed lint typecheck
 	$(TEST_VENV)/bin/python -m pytest -q
 
+## compat: tinker-cookbook 0.6.1's own loops on the embedded server, official SDK vs tinker_async,
+## and the tests that need torch (custom losses)
+compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python -m pytest -q compat tests/test_custom_loss.py
+
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python scripts/gen_sync.py --check
-	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples $(wildcard benchmarks)
+	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples compat $(wildcard benchmarks)
 
 typecheck: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/mypy tinker_async tests/typing/usage_check.py
@@ -39,4 +59,4 @@ serve: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/python -m tinker_async.local --port 8000
 
 clean:
-	rm -rf $(TEST_VENV) $(DEMO_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(TEST_VENV) $(DEMO_VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache

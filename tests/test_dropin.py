@@ -10,6 +10,8 @@ import io
 import logging
 import tarfile
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,4 +234,26 @@ def test_wrong_argument_types_fail_at_the_call(fresh_server: LocalServer, api_ke
     out = sampler.sample(tinker.ModelInput.from_ints([1, 2]), np.int64(1),
                          tinker.SamplingParams(max_tokens=1)).result(60)
     assert len(out.sequences) == 1
+    service.close().result(30)
+
+
+def test_external_export_encrypted_to_age_recipients(fresh_server: LocalServer,
+                                                     api_key: str, tmp_path: Any) -> None:
+    pyrage = pytest.importorskip("pyrage")
+    identity = pyrage.x25519.Identity.generate()
+    service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+    training = service.create_lora_training_client(MODEL, rank=2).result(60)
+    plain = training.save_weights_external("plain").result(60).path
+    secret = training.save_weights_external(
+        "secret", age_encryption_recipients=[str(identity.to_public())]).result(60).path
+    rest = service.create_rest_client()
+    plain_dir = rest.download_checkpoint(plain, tmp_path / "plain").result(60).destination
+    secret_dir = rest.download_checkpoint(secret, tmp_path / "secret").result(60).destination
+    names = sorted(p.name for p in Path(secret_dir).iterdir())
+    assert names and all(n.endswith(".age") for n in names)
+    for name in names:
+        data = pyrage.decrypt((Path(secret_dir) / name).read_bytes(), [identity])
+        assert data == (Path(plain_dir) / name.removesuffix(".age")).read_bytes()
+    with pytest.raises(tinker.RequestFailedError, match="not an age or SSH recipient"):
+        training.save_weights_external("bad", age_encryption_recipients=["nope"]).result(60)
     service.close().result(30)

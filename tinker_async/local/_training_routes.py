@@ -35,6 +35,7 @@ from aiohttp import web
 
 from .. import _proto
 from . import _custom_losses, _model
+from ._age import AgeUnavailable, encrypt_files, parse_recipients
 from ._errors import ApiError, bad_request, json_response, unprocessable
 from ._futures import FutureFailure
 from ._inputs import datum_from_json, datum_from_sdk
@@ -556,8 +557,14 @@ async def save_weights_external(request: web.Request) -> web.Response:
     ttl_seconds = fields.opt_integer("ttl_seconds")
     recipients = fields.opt_strings("age_encryption_recipients")
     fields.ignore("type")
-    unsupported = "age encryption of exports is not supported by the local server"
-    problem = _problem(fields, unsupported if recipients else None)
+    age_recipients: list[Any] = []
+    unavailable = None
+    if recipients:
+        try:
+            age_recipients = parse_recipients(recipients)
+        except AgeUnavailable as exc:
+            unavailable = str(exc)
+    problem = _problem(fields, unavailable)
     if problem is not None:
         return _reject(request, body, fields, problem, kind="SaveWeightsExternal")
     state, scheme = ctx.state, _scheme(ctx)
@@ -569,7 +576,8 @@ async def save_weights_external(request: web.Request) -> web.Response:
             model.run_id,
             "external_weights",
             _checkpoint_name(name, seq),
-            files=external_export(model.require_adapter(), run.base_model),
+            files=_maybe_encrypted(external_export(model.require_adapter(), run.base_model),
+                                   age_recipients),
             ttl_seconds=ttl_seconds,
         )
         return {
@@ -579,6 +587,10 @@ async def save_weights_external(request: web.Request) -> web.Response:
         }
 
     return _submit(request, model_id, seq_id, op, kind="SaveWeightsExternal")
+
+
+def _maybe_encrypted(files: dict[str, bytes], recipients: list[Any]) -> dict[str, bytes]:
+    return encrypt_files(files, recipients) if recipients else files
 
 
 async def load_weights(request: web.Request) -> web.Response:
