@@ -257,3 +257,30 @@ def test_external_export_encrypted_to_age_recipients(fresh_server: LocalServer,
     with pytest.raises(tinker.RequestFailedError, match="not an age or SSH recipient"):
         training.save_weights_external("bad", age_encryption_recipients=["nope"]).result(60)
     service.close().result(30)
+
+
+def test_tokenizer_ids_follow_the_official_rules(tmp_path: Any) -> None:
+    from tinker_async._tokenizers import (
+        TokenizerLoadError,
+        tokenizer_for_model,
+        tokenizer_id_for,
+    )
+
+    assert tokenizer_id_for("Qwen/Qwen3-8B:peft", None) == "Qwen/Qwen3-8B"
+    assert tokenizer_id_for("org/model/variant", None) == "org/model"
+    assert tokenizer_id_for("meta-llama/Llama-3.1-8B", None).endswith("llama-3-instruct-tokenizer")
+    # An explicit id is used as given: self-hosted servers report a local directory.
+    local = "/srv/models/tiny-qwen3"
+    assert tokenizer_id_for(local, local) == local
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[UNK]": 0, "hello": 1, "world": 2}
+    raw = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    directory = tmp_path / "models" / "tiny" / "tokenizer"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(
+        directory)
+    tok = tokenizer_for_model(tokenizer_id_for(str(directory), str(directory)))
+    assert tok.encode("hello world", add_special_tokens=False) == [1, 2]
+    with pytest.raises(TokenizerLoadError, match="Could not load the tokenizer"):
+        tokenizer_for_model(str(tmp_path / "no-such-dir" / "x" / "y"))

@@ -52,12 +52,8 @@ def test_twinkle_paths_and_conversions() -> None:
     assert build_checkpoint_path(RUN, "training", "final", scheme="twinkle") == twinkle
 
 
-@pytest.mark.parametrize(
-    "path",
-    [f"tinker://{RUN}/ckpt-7", f"tinker://{RUN}/checkpoints/ckpt-7"],
-    ids=["skyrl", "hatchery"],
-)
-def test_server_variants_read_as_sampler_checkpoints(path: str) -> None:
+def test_skyrl_paths_read_as_sampler_checkpoints() -> None:
+    path = f"tinker://{RUN}/ckpt-7"
     parsed = parse_checkpoint_path(path)
     assert parsed.tinker_path == path  # kept as given, to send back to that server
     assert parsed.training_run_id == RUN
@@ -65,6 +61,17 @@ def test_server_variants_read_as_sampler_checkpoints(path: str) -> None:
     assert parsed.checkpoint_id == "sampler_weights/ckpt-7"
     assert parsed.canonical_path == f"tinker://{RUN}/sampler_weights/ckpt-7"
     assert to_tinker_path(path) == parsed.canonical_path
+
+
+def test_hatchery_paths_read_as_training_checkpoints_with_their_own_id() -> None:
+    # hatchery-core answers save_state with tinker://<model>/checkpoints/<name>, lists it
+    # as a training checkpoint, and deletes it at .../checkpoints/<name> (found by interop).
+    path = f"tinker://{RUN}/checkpoints/ckpt-7"
+    parsed = parse_checkpoint_path(path)
+    assert parsed.tinker_path == path
+    assert parsed.checkpoint_type == "training"
+    assert parsed.checkpoint_id == "ckpt-7" and parsed.name == "ckpt-7"
+    assert parsed.canonical_path == f"tinker://{RUN}/weights/ckpt-7"
 
 
 @pytest.mark.parametrize(

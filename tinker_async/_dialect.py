@@ -3,7 +3,8 @@
 A :class:`Dialect` is chosen from the configuration (``dialect=`` or the Twinkle
 environment variables) and refined at the handshake: a server that answers
 ``client/config`` is official 0.38 and its flags are kept here; one that answers 404 is a
-legacy JSON server (skyrl-tx, tinkercloud, hatchery, ...). It is refined again by what
+legacy JSON server (tinkercloud, older skyrl-tx, ...); one whose answer names none of the
+official flags (hatchery-core) gets JSON bodies too. It is refined again by what
 the server answers later: a refusal that shows a missing capability switches that
 capability off for the rest of the session (:meth:`Dialect.lacks`).
 
@@ -37,6 +38,12 @@ DEFAULT_FLAGS: Mapping[str, Any] = {
     "sample_use_retrieve_futures": False,
     "sample_join_sampling_session": False,
 }
+
+
+#: flags the official service's client/config answer always carries
+_OFFICIAL_WIRE_FLAGS = ("proto_compress_fwdbwd", "parallel_fwdbwd_chunks",
+                        "fwdbwd_max_chunk_len", "fwdbwd_max_chunk_bytes_count",
+                        "pjwt_auth_enabled", "sample_use_retrieve_futures")
 
 
 @dataclasses.dataclass
@@ -95,10 +102,17 @@ class Dialect:
         return self.flags.get(name, DEFAULT_FLAGS.get(name))
 
     def apply_client_config(self, flags: Mapping[str, Any]) -> None:
-        """Record the server's client/config answer (unknown flags are kept, not used)."""
+        """Record the server's client/config answer (unknown flags are kept, not used).
+
+        An answer that names none of the official forward_backward flags comes from a
+        server with a client/config of its own (hatchery-core), not from one that speaks
+        the official protobuf body: such a server gets JSON.
+        """
         self.has_client_config = True
         self.flags.update(flags)
         self.retrieve_futures = bool(self.flag("sample_use_retrieve_futures"))
+        if self.protobuf and not any(name in flags for name in _OFFICIAL_WIRE_FLAGS):
+            self.lacks("protobuf", "its client/config names none of the official flags")
 
     def lacks(self, capability: str, evidence: object) -> None:
         """The server showed it lacks ``capability`` (a boolean field): switch it off for

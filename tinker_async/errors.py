@@ -159,8 +159,9 @@ class NotFoundError(APIStatusError):
 
 
 class UnsupportedByServerError(NotFoundError):
-    """The server lacks the endpoint a call needs (an API it predates, or one it dropped).
-    The message names what to use instead."""
+    """The server lacks the endpoint a call needs (an API it predates, or one it dropped;
+    also HTTP 405, a route that exists only for other methods). Where there is another
+    way, the message names it."""
 
 
 class ConflictError(APIStatusError):
@@ -227,6 +228,9 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     402: BillingError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    # A route that exists for other methods only: the server lacks this operation, the
+    # same condition as a missing route (tuft and skyrl-tx answer TTL and publish so).
+    405: UnsupportedByServerError,
     409: ConflictError,
     422: UnprocessableEntityError,
     429: RateLimitError,

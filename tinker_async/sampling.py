@@ -238,9 +238,9 @@ class SamplingClient:
 
     def get_tokenizer(self) -> Any:
         """The model's tokenizer (the embedded server's byte tokenizer needs no extras)."""
-        from ._tokenizers import tokenizer_for_model
+        from ._tokenizers import tokenizer_for_model, tokenizer_id_for
 
-        return tokenizer_for_model(self.get_base_model())
+        return tokenizer_for_model(tokenizer_id_for(self.get_base_model(), None))
 
     # -- sampling -----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from ._transport import Transport
 from .custom_loss import LossHandle, PerDatumLossFn
 from .errors import (
     APIError,
+    APIResponseValidationError,
     APIStatusError,
     ClientClosedError,
     InvalidRequestError,
@@ -403,9 +404,7 @@ class ServiceClient:
             log.debug("no create_sampling_session (%s); using create_sampling_client", exc)
             dialect.sampling_session_route = "create_sampling_client"
         data = resp.json()
-        sampling_session_id = data.get("sampling_session_id") if isinstance(data, dict) else None
-        if not isinstance(sampling_session_id, str):
-            raise APIError(f"create_sampling_session gave no sampling_session_id: {data!r}")
+        sampling_session_id = await self._sampling_session_id(data)
         if base_model is None:
             sampler = await self.create_rest_client().get_sampler_async(sampling_session_id)
             base_model = sampler.base_model
@@ -448,6 +447,22 @@ class ServiceClient:
     @homed
     async def _create_traced_loss_async(self, loss: LossHandle) -> LossHandle:
         return await _custom_loss.create_custom_loss(self, loss)
+
+    async def _sampling_session_id(self, answer: Any) -> str:
+        """The id in a create_sampling_session answer: given at once, or (hatchery-core) as
+        the result of a future to poll."""
+        found = answer.get("sampling_session_id") if isinstance(answer, dict) else None
+        if found is None and isinstance(answer, dict) and isinstance(answer.get("request_id"), str):
+            result = await self._poll_json(answer, "CreateSamplingSession")
+            found = next((v for v in (
+                result.get("sampling_session_id") if isinstance(result, dict) else None,
+                result.get("model_id") if isinstance(result, dict) else None,
+                answer.get("model_id"),
+            ) if isinstance(v, str)), None)
+        if not isinstance(found, str):
+            raise APIResponseValidationError(
+                f"create_sampling_session answered without a sampling_session_id: {answer!r}")
+        return found
 
     @homed
     async def copy_weights_async(

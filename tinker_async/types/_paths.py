@@ -55,7 +55,9 @@ _TYPE_BY_SEGMENT: dict[str, CheckpointType] = {
     "external_weights": "external",
 }
 _SEGMENT_BY_TYPE: dict[str, str] = {t: s for s, t in _TYPE_BY_SEGMENT.items()}
-_VARIANT_SEGMENTS: dict[str, CheckpointType] = {"checkpoints": "sampler"}  # hatchery
+#: other servers' path segments: hatchery's ``tinker://<model>/checkpoints/<name>`` are
+#: training checkpoints, whose REST id is the bare name
+_VARIANT_SEGMENTS: dict[str, CheckpointType] = {"checkpoints": "training"}
 _SCHEMES: tuple[str, ...] = ("tinker://", "twinkle://")
 _EXPECTED = "tinker://<run_id>/weights/<name> (or sampler_weights/, external_weights/)"
 
@@ -103,7 +105,7 @@ class ParsedCheckpointTinkerPath(Model, kw_only=True, frozen=True):
     @property
     def name(self) -> str:
         """The checkpoint's name (the last path segment)."""
-        return self.checkpoint_id.split("/", 1)[1]
+        return self.checkpoint_id.rsplit("/", 1)[-1]
 
     @property
     def canonical_path(self) -> str:
@@ -147,11 +149,13 @@ def parse_checkpoint_path(path: str) -> ParsedCheckpointTinkerPath:
         checkpoint_type, name = resolved, parts[2]
     if not name:
         raise InvalidPathError(path, "the checkpoint name is empty")
+    variant = len(parts) == 3 and parts[1] in _VARIANT_SEGMENTS
     return ParsedCheckpointTinkerPath(
         tinker_path=path,
         training_run_id=run_id,
         checkpoint_type=checkpoint_type,
-        checkpoint_id=f"{_SEGMENT_BY_TYPE[checkpoint_type]}/{name}",
+        # the server's own id where its paths are not the official ones
+        checkpoint_id=name if variant else f"{_SEGMENT_BY_TYPE[checkpoint_type]}/{name}",
     )
 
 
