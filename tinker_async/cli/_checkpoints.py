@@ -113,10 +113,7 @@ async def _publish(ctx: Context, public: bool) -> int:
         await rest.publish_checkpoint_from_tinker_path_async(path)
     else:
         await rest.unpublish_checkpoint_from_tinker_path_async(path)
-    if ctx.json:
-        emit_json({"tinker_path": path, "public": public})
-    else:
-        print(f"{'published' if public else 'unpublished'}: {path}")
+    ctx.say({"tinker_path": path, "public": public}, f"{'published' if public else 'unpublished'}: {path}")
     return 0
 
 
@@ -215,10 +212,7 @@ async def checkpoint_delete(ctx: Context) -> int:
         raise CliError("--type, --before and --after need --run-id", 2)
     targets = await _targets(ctx)
     if not targets:
-        if ctx.json:
-            emit_json({"deleted_count": 0, "failed": []})
-        else:
-            print(f"no checkpoints of run {a.run_id} match")
+        ctx.say({"deleted_count": 0, "failed": []}, f"no checkpoints of run {a.run_id} match")
         return 0
     if not a.yes and not _confirm(targets):
         print("Cancelled; nothing was deleted.", file=sys.stderr)

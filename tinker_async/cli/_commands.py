@@ -38,10 +38,7 @@ def version(ctx: Context) -> int:
     from .._config import PROTOCOL_SDK_VERSION
     from .._version import __version__
 
-    if ctx.json:
-        emit_json({"version": __version__, "api_version": PROTOCOL_SDK_VERSION})
-    else:
-        print(f"tinker-async {__version__} (Tinker API of SDK {PROTOCOL_SDK_VERSION})")
+    ctx.say({"version": __version__, "api_version": PROTOCOL_SDK_VERSION}, f"tinker-async {__version__} (Tinker API of SDK {PROTOCOL_SDK_VERSION})")
     return 0
 
 
@@ -49,10 +46,7 @@ async def health(ctx: Context) -> int:
     rest = ctx.rest()
     ok = await rest.health_check_async()
     url = rest._transport.config.base_url
-    if ctx.json:
-        emit_json({"base_url": url, "healthy": ok})
-    else:
-        print("healthy" if ok else f"not answering: {url}")
+    ctx.say({"base_url": url, "healthy": ok}, "healthy" if ok else f"not answering: {url}")
     return 0 if ok else 1
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._output import Context, emit_json
+from ._output import Context
 
 if TYPE_CHECKING:
     from .._doctor import DoctorReport
@@ -75,8 +75,5 @@ async def doctor(ctx: Context) -> int:
     a = ctx.args
     report = await diagnose(a.base_url, a.api_key, dialect=a.dialect,
                             timeout=a.timeout or 10.0, round_trip=a.round_trip, model=a.model)
-    if ctx.json:
-        emit_json(report.to_dict())
-    else:
-        print("\n".join(render(report)))
+    ctx.say(report.to_dict(), "\n".join(render(report)))
     return 0 if report.healthy else 1

@@ -178,6 +178,13 @@ class Context:
         if self._rest is not None:
             await self._rest.close_async()
 
+    def say(self, data: Any, text: str) -> None:
+        """``data`` as JSON with ``--json``, else the line ``text``."""
+        if self.json:
+            emit_json(data)
+        else:
+            print(text)
+
     def pairs_or_json(self, data: Mapping[str, Any], pairs: Iterable[tuple[str, Any]],
                       title: str | None = None) -> None:
         if self.json:
