@@ -4,7 +4,7 @@ TEST_VENV := .venv
 DEMO_VENV := .venv-demo
 COMPAT_VENV := .venv-compat
 
-.PHONY: demo test compat lint typecheck bench serve clean
+.PHONY: demo test compat interop lint typecheck bench serve clean
 
 $(TEST_VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
@@ -47,9 +47,15 @@ test: $(TEST_VENV)/.installed lint typecheck
 compat: $(COMPAT_VENV)/.installed
 	$(COMPAT_VENV)/bin/python -m pytest -q compat tests/test_custom_loss.py
 
+## interop: real third-party Tinker-compatible servers (tuft, skyrl-tx, hatchery-core) installed
+## from PyPI into venvs of their own, one scenario with tinker_async and the official SDK
+## against each; fails on a regression against interop/expected.json (see interop/README.md)
+interop:
+	bash interop/run.sh
+
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python scripts/gen_sync.py --check
-	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples compat $(wildcard benchmarks)
+	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples compat interop $(wildcard benchmarks)
 
 typecheck: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/mypy tinker_async tests/typing/usage_check.py
