@@ -177,3 +177,99 @@ print("leaving with", sum(not f.done() for f in futures), "in flight")
     assert "Task was destroyed" not in out
     # the session left open was finished at exit
     assert fresh_server.count(r"/sessions/.+/finish$") == 1
+
+
+# -- guest runs: the cases a review found -----------------------------------------------
+
+
+def _datum(n: int = 4) -> object:
+    import tinker_async as tinker
+
+    return tinker.Datum(model_input=tinker.ModelInput.from_ints(list(range(1, n + 1))),
+                        loss_fn_inputs={"target_tokens": list(range(2, n + 2)),
+                                        "weights": [1.0] * n})
+
+
+def test_result_on_the_last_of_several_queued_training_calls(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    import tinker_async as tinker
+
+    async def main() -> object:
+        service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+        training = await service.create_lora_training_client_async("local/byte-lm", rank=2)
+        futures = [training.forward_backward([_datum()], "cross_entropy") for _ in range(4)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BlockingCallWarning)
+            last = futures[-1].result(60)  # all four run in order, as guests
+        await service.close_async()
+        return last
+
+    assert asyncio.run(main()).metrics["loss:sum"] > 0
+
+
+def test_a_guest_run_wakes_a_waiter_on_the_home_loop(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    import tinker_async as tinker
+
+    async def main() -> object:
+        service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+        training = await service.create_lora_training_client_async("local/byte-lm", rank=2)
+        pending = training.forward_backward([_datum(64) for _ in range(16)], "cross_entropy")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BlockingCallWarning)
+            service.get_server_capabilities()  # blocks: hands the forward_backward over too
+        # This call waits on the home loop for the guest's turn to end (a hang guard only).
+        step = await asyncio.wait_for(
+            await training.optim_step_async(tinker.AdamParams()), 120)
+        await pending
+        await service.close_async()
+        return step
+
+    assert asyncio.run(main()) is not None
+
+
+def test_blocking_on_the_background_loop_itself_refuses(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    import tinker_async as tinker
+
+    service = tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key)
+    rest = service.create_rest_client()
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def on_done(_: object) -> None:  # runs on the background loop's thread
+        outcome.append(threading.current_thread().name)
+        try:
+            outcome.append(service.get_server_capabilities())
+        except RuntimeError as exc:
+            outcome.append(exc)
+        done.set()
+
+    # Slow answers: the callback is added before the call ends, so the loop thread runs it.
+    fresh_server.faults.add(r"/training_runs$", delay_s=0.2, count=1)
+    rest.list_training_runs().add_done_callback(on_done)
+    assert done.wait(60), "the background loop deadlocked"
+    assert outcome[0] == "tinker-async-loop" and isinstance(outcome[1], RuntimeError)
+    service.close().result(30)
+
+
+def test_leaving_a_with_block_in_async_code_closes_the_home_pool(
+    fresh_server: LocalServer, api_key: str
+) -> None:
+    import tinker_async as tinker
+
+    async def main() -> bool:
+        with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as service:
+            await service.create_rest_client().list_training_runs_async()
+            transport = service._transport
+            session = transport._session
+        for _ in range(500):  # the home loop runs the close it was handed (bounded)
+            if session is None or session.closed:
+                break
+            await asyncio.sleep(0.01)
+        return session is not None and session.closed
+
+    assert asyncio.run(main())

@@ -94,21 +94,25 @@ def _check_for(annotation: Any) -> Check | None:
 class ArgumentChecks:
     """The argument checks of one client method, built from its annotations on first use."""
 
-    __slots__ = ("_checks", "_fn", "_owner", "_signature")
+    __slots__ = ("_checks", "_fn", "_owner", "_positional")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self._fn = fn
         self._checks: dict[str, tuple[Check, str]] | None = None
         self._owner = fn.__qualname__.removesuffix("_async")
-        self._signature: inspect.Signature | None = None
+        #: the names positional arguments bind to, in order (after ``self``)
+        self._positional: tuple[str, ...] = ()
 
     def _build(self) -> dict[str, tuple[Check, str]]:
         fn = self._fn
-        self._signature = inspect.signature(fn)
+        signature = inspect.signature(fn)
+        self._positional = tuple(
+            name for name, p in signature.parameters.items()
+            if name != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
         module = sys.modules.get(fn.__module__)
         namespace = dict(vars(module)) if module is not None else {}
         checks: dict[str, tuple[Check, str]] = {}
-        for name, param in self._signature.parameters.items():
+        for name, param in signature.parameters.items():
             if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue
             annotation = param.annotation
@@ -133,16 +137,15 @@ class ArgumentChecks:
                     raise self._error(name, wanted, value)
 
     def positional(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-        """Check the arguments of a call ``fn(self, *args, **kwargs)``."""
+        """Check the arguments of a call ``fn(self, *args, **kwargs)`` (a call that does not
+        fit the signature is left for the call itself to refuse, with Python's TypeError)."""
         checks = self._checks if self._checks is not None else self._build()
         if not checks:
             return
-        assert self._signature is not None
-        try:
-            bound = self._signature.bind(None, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self._owner}(): {exc}") from None
-        self.named(bound.arguments)
+        if args:
+            self.named(dict(zip(self._positional, args, strict=False)))  # extra args: TypeError later
+        if kwargs:
+            self.named(kwargs)
 
     def _error(self, name: str, wanted: str, value: Any) -> InvalidRequestError:
         shown = repr(value)

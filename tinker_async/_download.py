@@ -289,8 +289,11 @@ class _Fetcher:
     """Downloads the files of one export, sharing the signer, state and progress."""
 
     def __init__(self, rest: RestClient, signer: _Signer, state: _State, progress: _Progress,
-                 retries: int) -> None:
+                 retries: int, http: aiohttp.ClientSession) -> None:
         self.rest = rest
+        #: a pool of its own: signed URLs need no credential, and the client's pool would
+        #: send its default headers (which may carry one) to the storage host
+        self.http = http
         self.signer = signer
         self.state = state
         self.progress = progress
@@ -348,8 +351,7 @@ class _Fetcher:
             headers["Range"] = f"bytes={have}-"
             if entry.get("etag"):
                 headers["If-Range"] = entry["etag"]
-        session = self.rest._transport.session()
-        async with session.get(url, headers=headers, allow_redirects=True) as resp:
+        async with self.http.get(url, headers=headers, allow_redirects=True) as resp:
             if resp.status in _REFUSED_URL:
                 await self.signer.refused(generation)
                 raise _Retry(f"HTTP {resp.status} from the signed URL (expired?)")
@@ -461,20 +463,23 @@ async def _fetch_export(
         raise DownloadError(f"External weights checkpoint has no files: {path}")
     targets = _destinations(dest, sorted(signer.urls))
     tracker = _Progress(progress, list(targets), await _size_hint(rest, path))
-    fetcher = _Fetcher(rest, signer, state, tracker, retries)
     limit = asyncio.Semaphore(max(1, parallel))
+    timeout = aiohttp.ClientTimeout(total=None, connect=rest._transport.config.connect_timeout,
+                                    sock_read=rest._transport.config.timeout)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        fetcher = _Fetcher(rest, signer, state, tracker, retries, http)
 
-    async def one(name: str) -> DownloadedFile:
-        async with limit:
-            return await fetcher.fetch(name, targets[name], resume)
+        async def one(name: str) -> DownloadedFile:
+            async with limit:
+                return await fetcher.fetch(name, targets[name], resume)
 
-    tasks = [asyncio.ensure_future(one(name)) for name in targets]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:  # one file failed: stop the others (their .part files stay for a resume)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = [asyncio.ensure_future(one(name)) for name in targets]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:  # one file failed: stop the others (their .part files stay for a resume)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _service_for(rest: RestClient) -> ServiceClient:

@@ -207,9 +207,11 @@ class Session:
         self._closing = True
         task, self._heartbeat = self._heartbeat, None
         if task is not None and not task.done():
-            task.cancel()
             if task.get_loop() is asyncio.get_running_loop():
+                task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+            elif not task.get_loop().is_closed():  # closing from a guest run: tell its loop
+                task.get_loop().call_soon_threadsafe(task.cancel)
         if (self.id is None or self.finished or self.gone is not None or not self.owned
                 or self._pid != os.getpid()):
             return

@@ -163,7 +163,10 @@ def call(
         slot = _Deferred(coro)
         home.pending.append(slot)
         task = loop.create_task(_started(home, slot))
-        return future_type._from_task(task, loop, functools.partial(_run_as_guests, home, slot))
+        # A guest runs on the background loop: there is none to go to when that is home.
+        elsewhere = (None if loop is _loops.background_loop_if_started()
+                     else functools.partial(_run_as_guests, home, slot))
+        return future_type._from_task(task, loop, elsewhere)
     return future_type._from_threadsafe(coro, loop)
 
 
@@ -196,6 +199,10 @@ def iterate(client: HasHome, agen: AsyncIterator[T]) -> Iterator[T]:
     loop = client._home.loop_for_sync()
     guest = running_loop() is loop
     if guest:
+        if loop is _loops.background_loop_if_started():
+            raise RuntimeError(
+                "A blocking iterator cannot run on the event loop it needs (this is the "
+                "library's background loop); use the `aiter_...` form with `async for`.")
         loop = background_loop()
     while True:
         step = _loops.guest_run(_anext(agen)) if guest else _anext(agen)

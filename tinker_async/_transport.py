@@ -266,6 +266,7 @@ class Transport:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         #: the pool of guest runs (``_loops``), on the background loop beside the home's
         self._guest_session: aiohttp.ClientSession | None = None
+        self._guest_loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._base_headers = self._build_base_headers()
         self.credentials = Credentials(config, self._exchange)
@@ -383,10 +384,16 @@ class Transport:
         return self._session
 
     def _guest_pool(self) -> aiohttp.ClientSession:
-        # Guest runs happen on the background loop only, which lives until exit.
-        if self._guest_session is None or self._guest_session.closed:
-            self._guest_session = self._new_session()
-        return self._guest_session
+        # Guest runs happen on the background loop, which lives until exit (a forked
+        # child gets a new one: the parent's pool then belongs to a dead loop).
+        loop = asyncio.get_running_loop()
+        session = self._guest_session
+        if session is None or session.closed or self._guest_loop is not loop:
+            if session is not None and not session.closed:
+                _orphans.append(session)
+            session = self._guest_session = self._new_session()
+            self._guest_loop = loop
+        return session
 
     def _abandon_session(self) -> None:
         """Drop the session of a loop we left; it is closed if its loop still runs here."""
@@ -419,8 +426,9 @@ class Transport:
         if session is not None and not session.closed:
             if loop is asyncio.get_running_loop():
                 await session.close()
-            else:
-                _orphans.append(session)
+            elif loop is not None:
+                # Closing from a guest run: the home loop closes its pool when it next runs.
+                _close_soon(session, loop)
         guest, self._guest_session = self._guest_session, None
         background = _loops.background_loop_if_started()
         if guest is not None and not guest.closed and background is not None:

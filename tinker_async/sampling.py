@@ -38,7 +38,13 @@ from ._sampler_handle import decode_handle, encode_handle, without_credentials
 from ._sync import homed
 from ._transport import Response
 from ._validate import check_sampling
-from .errors import APIError, InvalidRequestError, NotFoundError
+from .errors import (
+    APIError,
+    APIResponseValidationError,
+    InvalidRequestError,
+    NotFoundError,
+    TinkerError,
+)
 from .telemetry import Telemetry
 from .types import _wire
 
@@ -344,7 +350,13 @@ class SamplingClient:
         except NotFoundError as exc:
             transport.dialect.lacks("sync_sample", exc)
             return None
-        return _decode_sample(resp)
+        try:
+            return _decode_sample(resp)
+        except TinkerError:
+            raise
+        except ValueError as exc:  # as the poller types an unreadable result
+            raise APIResponseValidationError(
+                f"The server's sample result cannot be decoded: {exc}") from exc
 
     async def _submit_and_wait(self, body: dict[str, Any], clone: int) -> t.SampleResponse:
         service = self._service

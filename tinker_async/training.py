@@ -37,7 +37,7 @@ import numpy as np
 from . import _argcheck, _chunking, _proto, _sync
 from . import types as t
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
-from ._loops import in_guest_run
+from ._loops import in_guest_run, running_loop
 from ._sync import homed
 from ._transport import PROTOBUF, Response
 from ._validate import check_checkpoint_name, check_forward_backward, check_optim_params
@@ -135,7 +135,6 @@ class _Sequencer:
     def _check_guest_can_wait(self, ticket: int) -> None:
         """A guest run can wait only for other guest runs: an earlier call that started on
         the home loop cannot finish while that loop is blocked in ``.result()``."""
-        self._guest_tickets.discard(ticket)
         earlier = range(self._turn, ticket)
         if any(t not in self._guest_tickets and t not in self._skipped for t in earlier):
             raise RuntimeError(
@@ -152,8 +151,8 @@ class _Sequencer:
             to_ticket += 1
         self._turn = to_ticket
         fut = self._waiters.pop(to_ticket, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        if fut is not None:
+            _wake(fut)
 
     def skip(self, ticket: int) -> None:
         """Give up ``ticket`` without submitting anything (no seq id is used)."""
@@ -184,9 +183,24 @@ class _Sequencer:
     def break_with(self, error: BaseException) -> None:
         self.broken = error
         for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_result(None)
+            _wake(fut)
         self._waiters.clear()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    """Let a waiter go, from whichever thread: a guest run (``_loops``) on the background
+    loop may advance the line for a waiter on the home loop, and futures are loop-bound."""
+    loop = fut.get_loop()
+    if loop is running_loop():
+        if not fut.done():
+            fut.set_result(None)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(_set_if_pending, fut)
+
+
+def _set_if_pending(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
