@@ -589,34 +589,34 @@ def test_official_rest_and_admin_clients(srv: LocalServer) -> None:
     session_id = run.split(":")[0]
 
     rest = tinker.RestClient(base_url=srv.url, api_key=KEY)
-    caps = rest.get_server_capabilities().result(10)
+    caps = rest.get_server_capabilities().result(60)
     assert [m.model_name for m in caps.supported_models] == [MODEL]
 
-    runs = rest.list_training_runs(limit=5).result(10)
+    runs = rest.list_training_runs(limit=5).result(60)
     assert runs.cursor.total_count == 1 and runs.training_runs[0].training_run_id == run
-    fetched = rest.get_training_run(run).result(10)
+    fetched = rest.get_training_run(run).result(60)
     assert fetched.lora_rank == 8 and fetched.user_metadata == {"purpose": "test"}
     assert fetched.last_checkpoint.tinker_path == path
     assert fetched.last_sampler_checkpoint.tinker_path == sampler_path
 
-    listed = rest.list_checkpoints(run).result(10)
+    listed = rest.list_checkpoints(run).result(60)
     assert [c.checkpoint_type for c in listed.checkpoints] == ["training", "sampler", "external"]
-    assert rest.list_user_checkpoints().result(10).cursor.total_count == 3
+    assert rest.list_user_checkpoints().result(60).cursor.total_count == 3
 
-    rest.publish_checkpoint_from_tinker_path(path).result(10)
-    rest.set_checkpoint_ttl_from_tinker_path(path, 7200).result(10)
-    checkpoint = rest.list_checkpoints(run).result(10).checkpoints[0]
+    rest.publish_checkpoint_from_tinker_path(path).result(60)
+    rest.set_checkpoint_ttl_from_tinker_path(path, 7200).result(60)
+    checkpoint = rest.list_checkpoints(run).result(60).checkpoints[0]
     assert checkpoint.public and checkpoint.expires_at is not None
-    rest.unpublish_checkpoint_from_tinker_path(path).result(10)
-    rest.set_checkpoint_ttl_from_tinker_path(path, None).result(10)
-    checkpoint = rest.list_checkpoints(run).result(10).checkpoints[0]
+    rest.unpublish_checkpoint_from_tinker_path(path).result(60)
+    rest.set_checkpoint_ttl_from_tinker_path(path, None).result(60)
+    checkpoint = rest.list_checkpoints(run).result(60).checkpoints[0]
     assert not checkpoint.public and checkpoint.expires_at is None
     with pytest.raises(tinker.BadRequestError, match="ttl_seconds"):
-        rest.set_checkpoint_ttl_from_tinker_path(path, 60).result(10)
+        rest.set_checkpoint_ttl_from_tinker_path(path, 60).result(60)
 
-    info = rest.get_weights_info_by_tinker_path(path).result(10)
+    info = rest.get_weights_info_by_tinker_path(path).result(60)
     assert (info.base_model, info.is_lora, info.lora_rank) == (MODEL, True, 8)
-    urls = rest.get_external_weights_urls(external).result(10)
+    urls = rest.get_external_weights_urls(external).result(60)
     assert sorted(urls.urls) == ["adapter_config.json", "adapter_model.safetensors"]
 
     async def download(url: str) -> bytes:
@@ -627,25 +627,25 @@ def test_official_rest_and_admin_clients(srv: LocalServer) -> None:
     total = sum(len(asyncio.run(download(u))) for u in urls.urls.values())
     assert total == 4096
 
-    assert rest.get_session(session_id).result(10).training_run_ids == [run]
-    assert rest.list_sessions().result(10).sessions == [session_id]
-    found = rest.search_sessions(SessionSearchRequest()).result(10)
+    assert rest.get_session(session_id).result(60).training_run_ids == [run]
+    assert rest.list_sessions().result(60).sessions == [session_id]
+    found = rest.search_sessions(SessionSearchRequest()).result(60)
     assert found.sessions[0].checkpoints_count == 3
-    assert rest.export_session_trace(session_id).result(10).startswith(srv.url + "/files/")
+    assert rest.export_session_trace(session_id).result(60).startswith(srv.url + "/files/")
 
-    copy = rest.copy_weights(path, "project-b").result(10)
+    copy = rest.copy_weights(path, "project-b").result(60)
     assert copy.endswith("/weights/step-1") and copy != path
-    rest.delete_checkpoint_from_tinker_path(sampler_path).result(10)
-    remaining = [c.checkpoint_id for c in rest.list_checkpoints(run).result(10).checkpoints]
+    rest.delete_checkpoint_from_tinker_path(sampler_path).result(60)
+    remaining = [c.checkpoint_id for c in rest.list_checkpoints(run).result(60).checkpoints]
     assert remaining == ["weights/step-1", "external_weights/e-1"]
     with pytest.raises(tinker.NotFoundError):
-        rest.get_training_run("missing:train:0").result(10)
+        rest.get_training_run("missing:train:0").result(60)
 
     admin = tinker.AdminClient(base_url=srv.url, api_key=KEY)
-    assert admin.get_audit_log().result(10).entries == []
-    usage = admin.get_billing_usage("2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z").result(10)
+    assert admin.get_audit_log().result(60).entries == []
+    usage = admin.get_billing_usage("2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z").result(60)
     assert usage.data == []
-    assert admin.get_current_checkpoint_storage_usage().result(10).data == []
+    assert admin.get_current_checkpoint_storage_usage().result(60).data == []
 
     # The SDK sends the run id with its ':' and the checkpoint id's '/' unencoded.
     assert srv.count(rf"/training_runs/{run}/checkpoints/weights/step-1/ttl$", "PUT") == 3
@@ -654,7 +654,7 @@ def test_official_rest_and_admin_clients(srv: LocalServer) -> None:
 def test_official_service_client_session_and_sampler(srv: LocalServer) -> None:
     tinker = sdk()
     service = tinker.ServiceClient(base_url=srv.url, api_key=KEY, user_metadata={"who": "test"})
-    sampler = service.create_sampling_client(base_model=MODEL).result(10)
+    sampler = service.create_sampling_client(base_model=MODEL).result(60)
     assert sampler.get_base_model() == MODEL
 
     created = [r for r in srv.requests if r.path == "/api/v1/create_session"]
@@ -665,11 +665,11 @@ def test_official_service_client_session_and_sampler(srv: LocalServer) -> None:
     session_id = srv.state.list_sessions()[0].session_id
 
     rest = tinker.RestClient(base_url=srv.url, api_key=KEY)
-    sampler_ids = rest.get_session(session_id).result(10).sampler_ids
+    sampler_ids = rest.get_session(session_id).result(60).sampler_ids
     assert sampler_ids == [f"{session_id}:sample:0"]
-    assert rest.get_sampler(sampler_ids[0]).result(10).base_model == MODEL
+    assert rest.get_sampler(sampler_ids[0]).result(60).base_model == MODEL
 
-    service.close("success").result(10)
+    service.close("success").result(60)
     assert srv.count(rf"/sessions/{session_id}/finish$", "POST") == 1
     assert srv.state.get_session(session_id).finish_reason == "success"
     paths = [r.path for r in srv.requests]
@@ -713,15 +713,15 @@ def test_official_sdk_samples_through_the_future_store() -> None:
     server = LocalServer(api_key=KEY, routes=[_fake_asample_route()], poll_hold_s=5.0)
     with server.in_thread():
         service = tinker.ServiceClient(base_url=server.url, api_key=KEY)
-        sampler = service.create_sampling_client(base_model=MODEL).result(10)
+        sampler = service.create_sampling_client(base_model=MODEL).result(60)
         prompt = tinker.ModelInput.from_ints([1, 2, 3])
         params = tinker.SamplingParams(max_tokens=2)
         futures = [sampler.sample(prompt, num_samples=2, sampling_params=params) for _ in range(3)]
-        results = [f.result(10) for f in futures]
+        results = [f.result(60) for f in futures]
         for result in results:
             assert [s.tokens for s in result.sequences] == [[0, 7], [1, 7]]
             assert all(s.sequence_id for s in result.sequences)
-        service.close("success").result(10)
+        service.close("success").result(60)
         # The SDK used the session long-poll, then fetched each payload as protobuf.
         log = [(r.path, r.status, r.body[:120]) for r in server.requests]
         assert server.count(r"/retrieve_futures$") >= 1, log
@@ -737,7 +737,7 @@ def test_official_sdk_jwt_mode() -> None:
     server = LocalServer(api_key=KEY, client_config={"pjwt_auth_enabled": True})
     with server.in_thread():
         rest = tinker.RestClient(base_url=server.url, api_key=KEY)
-        assert rest.list_training_runs().result(10).cursor.total_count == 0
+        assert rest.list_training_runs().result(60).cursor.total_count == 0
         assert server.count(r"/auth/token$", "POST") == 1
         jwt = server.context.auth.issue_jwt()
 

@@ -249,21 +249,21 @@ def test_official_sdk_full_training_loop(srv: LocalServer) -> None:
 
     # REST reads of what was made.
     rest = tinker.RestClient(base_url=srv.url, api_key=KEY)
-    run = rest.get_training_run(trainer.model_id).result(10)
+    run = rest.get_training_run(trainer.model_id).result(60)
     assert (run.base_model, run.lora_rank, run.is_lora) == (MODEL, 4, True)
     assert run.user_metadata == {"purpose": "test"}
     assert run.last_checkpoint.checkpoint_id == "weights/after-sft"
     assert run.last_sampler_checkpoint.checkpoint_id == "sampler_weights/final"
-    listed = rest.list_checkpoints(trainer.model_id).result(10).checkpoints
+    listed = rest.list_checkpoints(trainer.model_id).result(60).checkpoints
     assert {c.checkpoint_id for c in listed} == {
         "weights/after-sft",
         "sampler_weights/final",
         "external_weights/hf",
     }
     assert all(c.size_bytes and c.size_bytes > 0 for c in listed)
-    weights = rest.get_weights_info_by_tinker_path(saved.path).result(10)
+    weights = rest.get_weights_info_by_tinker_path(saved.path).result(60)
     assert (weights.base_model, weights.lora_rank) == (MODEL, 4)
-    urls = rest.get_external_weights_urls(exported.path).result(10).urls
+    urls = rest.get_external_weights_urls(exported.path).result(60).urls
     assert set(urls) == {"adapter_config.json", "adapter_model.safetensors"}
     with urllib.request.urlopen(urls["adapter_config.json"], timeout=10) as handle:
         assert b'"peft_type": "LORA"' in handle.read()
@@ -272,7 +272,7 @@ def test_official_sdk_full_training_loop(srv: LocalServer) -> None:
     header_len = int.from_bytes(blob[:8], "little")
     assert b"lora_A.weight" in blob[8 : 8 + header_len]
 
-    service.close("success").result(10)
+    service.close("success").result(60)
     # Samples went through the session long-poll (on by default on this server), then
     # their payloads were fetched as protobuf.
     assert srv.count(r"/retrieve_futures$") >= 1
@@ -319,7 +319,7 @@ def test_official_sdk_chunked_forward_backward_is_applied_in_order(
         arrived = [_proto.decode_forward_backward_request(r.body).seq_id for r in submits]
         assert sorted(arrived) == [4, 5, 6] and arrived[-1] == 4
         assert applied == [1, 2, 3, 4, 5, 6, 7]
-        service.close("success").result(10)
+        service.close("success").result(60)
 
 
 def test_official_sdk_per_request_polling_and_compressed_bodies() -> None:
@@ -342,7 +342,7 @@ def test_official_sdk_per_request_polling_and_compressed_bodies() -> None:
         for future in futures:
             got = future.result(30)
             assert len(got.sequences) == 2 and all(s.sequence_id for s in got.sequences)
-        service.close("success").result(10)
+        service.close("success").result(60)
     compressed = [r for r in server.requests if r.path == f"{API}/forward_backward"]
     assert compressed and compressed[0].headers.get("Content-Encoding") == "zstd"
     assert server.count(r"/retrieve_futures$") == 0
