@@ -234,7 +234,8 @@ DELIBERATE: dict[str, str] = {
 OUR_EXTRA_PARAMS: dict[str, set[str]] = {
     "ServiceClient.__init__": {"tags", "dialect", "route_prefix", "timeout",
                                "connect_timeout", "max_retries", "heartbeat_interval",
-                               "connection_limit"},
+                               "connection_limit", "control_timeout", "call_timeout",
+                               "progress_timeout", "waiting_log_after"},
     "RestClient.__init__": {"dialect", "route_prefix", "**options"},
     "AdminClient.__init__": {"dialect", "route_prefix", "**options"},
     "RestClient.export_session_trace": {"poll_interval", "timeout"},

@@ -312,17 +312,20 @@ async def test_batch_poll_outlives_a_server_outage(
 
 
 async def test_a_long_outage_fails_the_waiting_samples_instead_of_hanging(
-    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
-    short_outage_waits: pytest.MonkeyPatch,
+    fresh_server: LocalServer, short_outage_waits: pytest.MonkeyPatch,
 ) -> None:
-    # The default limit is 120 s; the behaviour is the same with a short one.
-    short_outage_waits.setattr(_futures, "_OUTAGE_LIMIT_S", 0.3)
-    rule = fresh_server.faults.add(r"/retrieve_futures$", status=503, count=None)
-    with pytest.raises(tinker.APIConnectionError, match="No answer from the server"):
-        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
-    fresh_server.faults.remove(rule)
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # the server is back
-    assert len(r.sequences) == 1
+    # The default progress_timeout is 120 s; the behaviour is the same with a short one.
+    async with tinker.ServiceClient(base_url=fresh_server.url, api_key=fresh_server.api_key,
+                                    progress_timeout=0.3) as service:
+        sc = await service.create_sampling_client_async(base_model=MODEL)
+        prompt = tinker.ModelInput.from_ints([1, 2, 3])
+        rule = fresh_server.faults.add(r"/retrieve_futures$", status=503, count=None)
+        with pytest.raises(tinker.APITimeoutError, match="(?i)no answer from the "
+                           "server .*progress_timeout"):
+            await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+        fresh_server.faults.remove(rule)
+        r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # the server is back
+        assert len(r.sequences) == 1
 
 
 # ------------------------------------------------------------------ polling and concurrency

@@ -68,7 +68,7 @@ class APIFuture(Generic[T]):
     is raised by whichever of these reads the result.
     """
 
-    __slots__ = ("__weakref__", "_cf", "_guest", "_loop", "_run_elsewhere", "_task")
+    __slots__ = ("__weakref__", "_cf", "_guest", "_loop", "_run_elsewhere", "_task", "_what")
 
     def __init__(
         self,
@@ -84,6 +84,8 @@ class APIFuture(Generic[T]):
         #: on ``loop``'s own thread); None once it started there
         self._run_elsewhere = run_elsewhere
         self._guest: concurrent.futures.Future[T] | None = None
+        #: what the future stands for ("SamplingClient.sample"), for timeout messages
+        self._what = "the call"
 
     # -- construction -------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class APIFuture(Generic[T]):
                 cf = self._to_guest()
             if warn:
                 _warn_blocking_once()
-        return _wait(cf, timeout)
+        return _wait(cf, timeout, self._what)
 
     def _to_guest(self) -> concurrent.futures.Future[T]:
         guest = self._run_elsewhere() if self._run_elsewhere is not None else None
@@ -186,7 +188,7 @@ class APIFuture(Generic[T]):
         except asyncio.TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 raise  # the work's own timeout error (an APITimeoutError, say)
-            raise TimeoutError(f"the result was not ready within {timeout} s") from None
+            raise _not_ready(self._what, timeout, cancelled=True) from None
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.result_async().__await__()
@@ -241,7 +243,12 @@ class APIFuture(Generic[T]):
 AwaitableConcurrentFuture = APIFuture
 
 
-def _wait(cf: concurrent.futures.Future[T], timeout: float | None) -> T:
+def _not_ready(what: str, timeout: float, *, cancelled: bool = False) -> TimeoutError:
+    then = "it was cancelled" if cancelled else "the call goes on: wait again, or cancel() it"
+    return TimeoutError(f"{what}: the result was not ready within {timeout:g} s ({then})")
+
+
+def _wait(cf: concurrent.futures.Future[T], timeout: float | None, what: str) -> T:
     """``cf.result(timeout)``, telling the work's own TimeoutError (an APITimeoutError,
     which on Python 3.11+ is a concurrent.futures.TimeoutError too) from running out of
     ``timeout``."""
@@ -250,7 +257,8 @@ def _wait(cf: concurrent.futures.Future[T], timeout: float | None) -> T:
     except concurrent.futures.TimeoutError:
         if cf.done():
             raise
-        raise TimeoutError(f"the result was not ready within {timeout} s") from None
+        assert timeout is not None  # cf.result(None) only returns when done
+        raise _not_ready(what, timeout) from None
 
 
 class ClientFuture(APIFuture[T]):

@@ -12,15 +12,17 @@ pickled, so it cannot leak through a log line, a traceback or a pickled client.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InsecureTransportWarning
 
 DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
 #: The official SDK version whose wire protocol we speak; servers choose flags by it.
@@ -36,11 +38,17 @@ DEFAULT_RETRY_AFTER_CAP = 60.0
 DEFAULT_CALL_DEADLINE = 300.0
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
 DEFAULT_POLL_TIMEOUT = 45.0
+#: whole-call limit of control calls (handshake, REST, sessions): they fail in seconds
+DEFAULT_CONTROL_TIMEOUT = 30.0
+#: work calls fail when the server shows no sign of life for this long
+DEFAULT_PROGRESS_TIMEOUT = 120.0
 #: Connections to the server. More sockets than this buy nothing (the server and the loop
 #: are the limit) and cost memory and CPU: measured at c=2048, 256 used 15-18% less client
 #: CPU per sample than 4096, and about 40% less memory per in-flight sample.
 DEFAULT_CONNECTION_LIMIT = 256
 DEFAULT_KEEPALIVE = 30.0
+#: the largest answer read (after decompression): a server cannot make us buffer more
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 30
 
 _OFFICIAL_HOST_SUFFIX = ".thinkingmachines.dev"
 KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: must fit in a header
@@ -123,12 +131,26 @@ class ClientConfig:
     retry: RetryPolicy = RetryPolicy()
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     poll_timeout: float = DEFAULT_POLL_TIMEOUT
+    #: whole-call limit of control calls, retries included (``_budget``)
+    control_timeout: float = DEFAULT_CONTROL_TIMEOUT
+    #: whole-call limit of work calls (sampling, training, checkpoints); None: no limit
+    call_timeout: float | None = None
+    #: work calls fail after this long with no answer of any kind from the server
+    progress_timeout: float = DEFAULT_PROGRESS_TIMEOUT
+    #: a call still waiting after this long logs a WARNING (and again at each doubling)
+    waiting_log_after: float = 60.0
     connection_limit: int = DEFAULT_CONNECTION_LIMIT
     default_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     dialect: str | None = None
     route_prefix: str | None = None
     #: a shell command that prints the credential (TINKER_CREDENTIAL_CMD); JWT mode only
     credential_cmd: str | None = None
+    #: TLS: a CA bundle file to verify the server with (else TINKER_CA_BUNDLE, else the
+    #: system's); ``verify_tls=False`` turns verification off (never do it with a real key)
+    ca_bundle: str | None = None
+    verify_tls: bool = True
+    #: answers larger than this (bytes, after decompression) are refused
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __repr__(self) -> str:
         return (
@@ -235,6 +257,37 @@ def check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_warned_plain_http: set[str] = set()
+
+
+def _warn_if_plain_http(url: str) -> None:
+    """Warn (once per host) before a key goes over plain HTTP off this machine."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or _is_loopback(host) or host in _warned_plain_http:
+        return
+    _warned_plain_http.add(host)
+    warnings.warn(
+        f"The API key will be sent over plain HTTP to {host}, where anyone on the path "
+        "can read it; use an https:// base URL (plain HTTP is fine for this machine's "
+        "own addresses, such as 127.0.0.1).",
+        InsecureTransportWarning,
+        stacklevel=4,
+    )
+
+
 def check_api_key(key: str, base_url: str) -> str:
     """Validate an API key's form (never its value: that is the server's job)."""
     if not isinstance(key, str) or not key.strip():
@@ -287,7 +340,20 @@ def resolve_config(
     unknown = set(options) - {f.name for f in dataclasses.fields(ClientConfig)}
     if unknown:
         raise ConfigurationError(f"Unknown client option(s): {', '.join(sorted(unknown))}")
-    for name in ("timeout", "connect_timeout", "heartbeat_interval", "poll_timeout"):
+    ca_bundle = options.get("ca_bundle") or _env("TINKER_CA_BUNDLE")
+    if ca_bundle is not None:
+        if not Path(ca_bundle).is_file():
+            raise ConfigurationError(
+                f"The CA bundle {ca_bundle!r} (ca_bundle= or TINKER_CA_BUNDLE) is not a "
+                "readable file; give the path of a PEM file of CA certificates")
+        options["ca_bundle"] = ca_bundle
+    limit = options.get("max_response_bytes")
+    if limit is not None and not (isinstance(limit, int) and limit > 0):
+        raise ConfigurationError(f"max_response_bytes must be a positive int, got {limit!r}")
+    if key:
+        _warn_if_plain_http(url)
+    for name in ("timeout", "connect_timeout", "heartbeat_interval", "poll_timeout",
+                 "control_timeout", "call_timeout", "progress_timeout", "waiting_log_after"):
         value = options.get(name)
         if value is not None and not (isinstance(value, (int, float)) and value > 0):
             raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import enum
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -34,6 +35,8 @@ from urllib.parse import quote
 
 import msgspec
 
+from . import _budget
+from ._budget import Limit
 from ._config import RetryPolicy
 from ._loops import in_guest_run
 from ._transport import PROTOBUF, Response, Transport
@@ -42,8 +45,11 @@ from .errors import (
     APIError,
     APIResponseValidationError,
     APIStatusError,
+    APITimeoutError,
     ClientClosedError,
+    RateLimitError,
     RequestFailedError,
+    RequestNotFoundError,
     SessionExpiredError,
     TinkerError,
 )
@@ -59,8 +65,6 @@ _FAST_ANSWER_S = 0.05  # a "not yet" faster than this means the server does not 
 _MAX_IDLE_WAIT_S = 1.0
 _UNCLAIMED_LIMIT = 10_000
 _OUTAGE_PAUSE_S = 1.0
-#: a batch long-poll that cannot reach the server for this long fails its waiters
-_OUTAGE_LIMIT_S = 120.0
 #: with at most this many samples in flight, one held retrieve_future each is cheapest
 _DIRECT_FETCH_MAX = 4
 #: under load, re-arm the long-poll after a window sized (from the observed completion
@@ -103,19 +107,47 @@ def _report_queue_state(resp: Response, observer: QueueStateObserver) -> None:
         log.exception("queue-state observer failed")
 
 
+class _Patience:
+    """When to say that a wait goes on: after a minute, then at each doubling of the wait
+    (so a long wait logs a handful of lines, not one a minute)."""
+
+    __slots__ = ("next_at",)
+
+    def __init__(self, transport: Transport) -> None:
+        self.next_at = transport.config.waiting_log_after
+
+    def due(self, waited: float) -> bool:
+        if waited < self.next_at:
+            return False
+        self.next_at = max(2 * self.next_at, waited)
+        return True
+
+
+def _progress_limit(transport: Transport, last_answer: float, waiting_for: str) -> Limit:
+    seconds = transport.config.progress_timeout
+    return Limit(last_answer + seconds, f"no answer from the server for {seconds:g} s while "
+                 f"waiting for {waiting_for} (progress_timeout)", "progress_timeout")
+
+
 class PromiseExpired(TinkerError):
     """HTTP 410 while polling: the server dropped the request; it may be resubmitted."""
 
 
+#: how servers word a failure over something that does not exist
+_NOT_FOUND = re.compile(r"\bnot found\b|\bdoes not exist\b|\bno such\b", re.IGNORECASE)
+
+
 def _failure(data: dict[str, Any], request_id: str) -> RequestFailedError:
+    """The error of a failed future; one over a missing thing is a NotFoundError too, as
+    a 404 from any other method is."""
     error = data.get("error")
     if isinstance(error, dict):
         error = error.get("message", error)
-    return RequestFailedError(
-        f"Request {request_id} failed on the server: {error}",
-        request_id=request_id,
-        category=str(data.get("category", "unknown")),
-    )
+    category = str(data.get("category", "unknown"))
+    message = f"Request {request_id} failed on the server: {error}"
+    if category != "server" and _NOT_FOUND.search(str(error)):
+        return RequestNotFoundError(message, request_id=request_id, category=category)
+    return RequestFailedError(message, request_id=request_id, category=category)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -136,6 +168,8 @@ class _SessionLongPoll:
             "cloned_sampler_id": clone_id,
         }
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: when each waiter started (insertion order, so the first is the oldest)
+        self.since: dict[str, float] = {}
         self.unclaimed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.fetched: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: samples of this session being waited for, by either route
@@ -156,6 +190,7 @@ class _SessionLongPoll:
             fut.set_result(done)
             return fut
         self.waiters[request_id] = fut
+        self.since[request_id] = time.monotonic()
         if self.task is None or self.task.done() or self.task.get_loop() is not loop:
             self.task = loop.create_task(self._run(), name="tinker-async-retrieve-futures")
         return fut
@@ -172,9 +207,12 @@ class _SessionLongPoll:
             self.fetched.popitem(last=False)
 
     async def _run(self) -> None:
+        _budget.detach()  # serves every waiter, not the call that happened to start it
         transport = self.poller.transport
         last_answer = cycle_start = time.monotonic()
+        patience = _Patience(transport)
         while self.waiters:
+            self._say_if_waiting_long(patience, last_answer)
             sent_ids = self.retrieved
             self.retrieved = []
             body = {"target": self.target, "prev_cursor": self.cursor,
@@ -185,13 +223,17 @@ class _SessionLongPoll:
                     "POST", "retrieve_futures", json=body,
                     timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
                     ok_statuses=frozenset({408}), idempotency_key=False,
+                    deadline=_progress_limit(transport, last_answer,
+                                             f"{len(self.waiters)} sample(s)"),
                 )
             except BaseException as exc:
                 self.retrieved = sent_ids + self.retrieved  # re-send the acks next time
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                if isinstance(exc, RateLimitError):
+                    last_answer = time.monotonic()  # throttled, but alive
                 away = time.monotonic() - last_answer
-                if _transient(exc) and away < _OUTAGE_LIMIT_S:
+                if _transient(exc) and away < transport.config.progress_timeout:
                     # An outage outlasted the retries: the work is still on the server, so
                     # keep asking (as the official SDK does), but not forever: past the
                     # limit the waiters get the connection error instead of a hang.
@@ -200,9 +242,10 @@ class _SessionLongPoll:
                     continue
                 if _transient(exc):
                     # Fail these waiters, but not the session: a later sample polls afresh.
-                    self._fail_all(APIConnectionError(
+                    self._fail_all(exc if isinstance(exc, APITimeoutError) else APITimeoutError(
                         f"No answer from the server for {away:.0f} s while waiting for "
-                        f"{len(self.waiters)} sample(s): {exc}"), permanent=False)
+                        f"{len(self.waiters)} sample(s) (progress_timeout): {exc}"),
+                        permanent=False)
                     return
                 self._fail_all(exc if isinstance(exc, Exception) else TinkerError(str(exc)))
                 return
@@ -225,6 +268,18 @@ class _SessionLongPoll:
                     await asyncio.sleep(window)
             cycle_start = asked
 
+    def _say_if_waiting_long(self, patience: _Patience, last_answer: float) -> None:
+        if not self.since:
+            return
+        now = time.monotonic()
+        oldest = now - next(iter(self.since.values()))
+        if patience.due(oldest):
+            log.warning(
+                "%d sample(s) of sampling session %s (clone %s) still waiting, the oldest "
+                "for %.0f s; the server last answered %.1f s ago",
+                len(self.waiters), self.target["sampling_session_id"],
+                self.target["cloned_sampler_id"], oldest, now - last_answer)
+
     def _take(self, data: Any) -> int:
         """Record one ``retrieve_futures`` answer: wake the waiters whose requests are done.
 
@@ -237,6 +292,7 @@ class _SessionLongPoll:
         self.cursor = cursor
         for rid, completion in zip(request_ids, completions, strict=True):
             fut = self.waiters.pop(rid, None)
+            self.since.pop(rid, None)
             if fut is not None:
                 if not fut.done():
                     fut.set_result(completion)
@@ -261,9 +317,29 @@ class _SessionLongPoll:
             if not fut.done():
                 fut.set_exception(failure)
         self.waiters.clear()
+        self.since.clear()
 
     def forget(self, request_id: str) -> None:
         self.waiters.pop(request_id, None)
+        self.since.pop(request_id, None)
+
+
+async def _within_call_limit(
+    fut: asyncio.Future[T], transport: Transport, request_type: str, request_id: str
+) -> T:
+    """Await ``fut``, but not past the current call's whole-call limit (if it has one)."""
+    budget = _budget.current()
+    limit = None if budget is None else budget.limit(transport.config)
+    if limit is None:
+        return await fut
+    try:
+        return await asyncio.wait_for(fut, max(limit.at - time.monotonic(), 0.0))
+    except asyncio.TimeoutError:
+        if fut.done() and not fut.cancelled() and fut.exception() is not None:
+            raise
+        raise APITimeoutError(
+            f"{limit.reason} while waiting for {request_type} {request_id}. If the server "
+            f"is only slow, give the client a larger {limit.option}=...") from None
 
 
 class FuturePoller:
@@ -325,8 +401,9 @@ class FuturePoller:
             try:
                 if not direct:
                     try:
-                        await session.wait(request_id)
-                    except asyncio.CancelledError:
+                        await _within_call_limit(session.wait(request_id), self.transport,
+                                                 request_type, request_id)
+                    except BaseException:
                         session.forget(request_id)
                         raise
                 try:
@@ -362,7 +439,14 @@ class FuturePoller:
         idle_wait = 0.01
         iteration = 0
         slots = self._semaphore()
+        waiting_since = last_answer = time.monotonic()
+        patience = _Patience(transport)
+        budget = _budget.current()
         while True:
+            if patience.due(last_answer - waiting_since):
+                log.warning("%s: still waiting for %s %s after %.0f s; the server answers "
+                            "that it is not ready yet", budget.what if budget else "a call",
+                            request_type, request_id, last_answer - waiting_since)
             headers["X-Tinker-Request-Iteration"] = str(iteration)
             if iteration == 0 and submitted_at is not None:
                 headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{time.time() - submitted_at:.4f}"
@@ -375,7 +459,10 @@ class FuturePoller:
                     "POST", endpoint, json=body, headers=headers,
                     timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
                     ok_statuses=frozenset({408, 410}), idempotency_key=False,
+                    deadline=_progress_limit(transport, last_answer,
+                                             f"{request_type} {request_id}"),
                 )
+            last_answer = time.monotonic()
             iteration += 1
             if resp.status == 410:
                 raise PromiseExpired(f"request {request_id} expired on the server (HTTP 410)")
@@ -420,6 +507,10 @@ class FuturePoller:
     async def cancel(self, request_id: str) -> None:
         """Ask the server to drop ``request_id`` (when it says it supports that)."""
         if not self.transport.dialect.dynamic_flags.get("sample_cancel_enabled"):
+            return
+        _budget.detach()  # runs after its call gave up: not bound by that call's budget
+        if self.transport.closing or self.transport.closed:
+            log.debug("cancel_future %s dropped: the client is closing", request_id)
             return
         try:
             await self.transport.request(

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from . import _budget
 from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
 from ._loops import LoopLock, in_guest_run
 from ._transport import Transport
@@ -147,6 +148,7 @@ class Session:
         return session_id
 
     async def _heartbeat_loop(self) -> None:
+        _budget.detach()  # a background loop: not bound by the call that started it
         interval = self.transport.config.heartbeat_interval
         loop = asyncio.get_running_loop()
         try:

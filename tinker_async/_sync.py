@@ -42,7 +42,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
-from . import _api_future, _loops
+from . import _api_future, _budget, _loops
 from ._api_future import APIFuture, ClientFuture
 from ._argcheck import ArgumentChecks
 from ._loops import Home, LoopLock, background_loop, in_guest_run, running_loop
@@ -76,6 +76,16 @@ def homed(
     """Run a client coroutine method on the client's home loop (hopping there if needed)."""
 
     checks = ArgumentChecks(fn)
+    what = fn.__qualname__.removesuffix("_async")
+    work = fn.__name__ in _budget.WORK_CALLS
+
+    async def budgeted(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        # The call's time budget (``_budget``), read by every request and poll inside it.
+        token = _budget.enter(what, work)
+        try:
+            return await fn(self, *args, **kwargs)
+        finally:
+            _budget.leave(token)
 
     @functools.wraps(fn)
     async def on_home(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -85,12 +95,15 @@ def homed(
         if home.loop is loop and home.pid == _loops.current_pid():
             if home.pending:
                 await _let_pending_start(home)
+        elif not (in_guest_run() or home.claim(loop)):
+            assert home.loop is not None
+            inner = asyncio.run_coroutine_threadsafe(budgeted(self, *args, **kwargs), home.loop)
+            return await asyncio.wrap_future(inner)
+        token = _budget.enter(what, work)  # inline: the common path, one frame fewer
+        try:
             return await fn(self, *args, **kwargs)
-        if in_guest_run() or home.claim(loop):
-            return await fn(self, *args, **kwargs)
-        assert home.loop is not None
-        inner = asyncio.run_coroutine_threadsafe(fn(self, *args, **kwargs), home.loop)
-        return await asyncio.wrap_future(inner)
+        finally:
+            _budget.leave(token)
 
     on_home.__argcheck__ = checks  # type: ignore[attr-defined]  # for the plain forms
     # functools.wraps hides the (self, *args) signature from mypy; it is the same one.
@@ -153,10 +166,26 @@ def _run_as_guests(home: Home, slot: _Deferred) -> concurrent.futures.Future[Any
     return slot.guest
 
 
+def _describe(coro: Coroutine[Any, Any, Any]) -> str:
+    """``SamplingClient.sample`` for a ``SamplingClient.sample_async`` coroutine."""
+    return getattr(coro, "__qualname__", "the call").removesuffix("_async")
+
+
 def call(
-    client: HasHome, coro: Coroutine[Any, Any, T], future_type: type[APIFuture[T]] = APIFuture
+    client: HasHome,
+    coro: Coroutine[Any, Any, T],
+    future_type: type[APIFuture[T]] = APIFuture,
+    what: str | None = None,
 ) -> APIFuture[T]:
     """Start ``coro`` (a client ``foo_async`` call) now and return its APIFuture."""
+    fut = _start(client, coro, future_type)
+    fut._what = what or _describe(coro)
+    return fut
+
+
+def _start(
+    client: HasHome, coro: Coroutine[Any, Any, T], future_type: type[APIFuture[T]]
+) -> APIFuture[T]:
     home = client._home
     loop = home.loop_for_sync()
     if running_loop() is loop:
@@ -187,7 +216,7 @@ async def _flatten(coro: Awaitable[APIFuture[T]]) -> T:
 
 def call_flat(client: HasHome, coro: Coroutine[Any, Any, APIFuture[T]]) -> APIFuture[T]:
     """Like :func:`call` for queued operations, whose coroutine returns an APIFuture."""
-    return call(client, _flatten(coro))
+    return call(client, _flatten(coro), what=_describe(coro))
 
 
 def iterate(client: HasHome, agen: AsyncIterator[T]) -> Iterator[T]:

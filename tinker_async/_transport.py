@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import secrets
+import ssl
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,8 +32,9 @@ import backoff
 import msgspec
 from multidict import CIMultiDict
 
-from . import _loops, _sync
+from . import _budget, _loops, _sync
 from ._auth import Credentials
+from ._budget import Limit
 from ._config import PROTOCOL_SDK_VERSION, ClientConfig, RetryPolicy
 from ._dialect import Dialect
 from ._loops import Home
@@ -131,6 +133,32 @@ def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
     if dec is None:
         dec = _decoders[type_] = msgspec.json.Decoder(type_)
     return dec
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, refusing one larger than ``limit`` bytes (after decompression)
+    without buffering it: a server cannot make the client hold an unbounded answer."""
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise _too_large(resp, limit)
+    if length is not None and not resp.headers.get("Content-Encoding"):
+        return await resp.read()  # the common case: exactly the announced length
+    chunks = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(resp, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(resp: aiohttp.ClientResponse, limit: int) -> APIResponseValidationError:
+    return APIResponseValidationError(
+        f"The answer to {resp.method} {resp.url} is larger than max_response_bytes "
+        f"({limit:,} bytes); refused. Raise max_response_bytes= if it is expected.",
+        request_id=resp.headers.get("x-request-id"),
+    )
 
 
 class Response:
@@ -246,6 +274,55 @@ def _retry_after(headers: Mapping[str, str], cap: float) -> float | None:
     return seconds
 
 
+def _tightest(*limits: Limit | None) -> Limit | None:
+    """The limit that runs out first (None when there is none)."""
+    best: Limit | None = None
+    for limit in limits:
+        if limit is not None and (best is None or limit.at < best.at):
+            best = limit
+    return best
+
+
+def _limit_error(
+    limit: Limit, method: str, endpoint: str, last: APIError | None
+) -> APITimeoutError:
+    """The error of a call that ran out of ``limit``; says which limit and how to change it."""
+    cause = f"the last attempt: {last}" if last is not None else "no time left to try"
+    return APITimeoutError(
+        f"{method} /{endpoint} stopped: {limit.reason} ({cause}). If the server is only "
+        f"slow, give the client a larger {limit.option}=...",
+        method=method,
+    )
+
+
+class _RetryLog:
+    """One WARNING line per retry after a timeout, a dropped connection or a 5xx (INFO for
+    429s, which are flow control); at most one a second per endpoint, counting the rest."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+        self._quiet: dict[tuple[str, str], int] = {}
+
+    def retrying(self, method: str, endpoint: str, attempt: int, elapsed: float,
+                 delay: float, error: APIError, what: str | None) -> None:
+        level = logging.INFO if isinstance(error, RateLimitError) else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        key = (method, endpoint)
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < 1.0:
+            self._quiet[key] = self._quiet.get(key, 0) + 1
+            return
+        self._last[key] = now
+        quiet = self._quiet.pop(key, 0)
+        log.log(level, "%s%s /%s: attempt %d failed after %.1f s (%s); retrying in %.2f s%s",
+                f"{what}: " if what else "", method, endpoint, attempt, elapsed, error, delay,
+                f" ({quiet} more retries of this endpoint not shown)" if quiet else "")
+
+
+_retry_log = _RetryLog()
+
+
 def _should_retry_header(headers: Mapping[str, str]) -> bool | None:
     value = headers.get("x-should-retry")
     if value == "true":
@@ -268,6 +345,7 @@ class Transport:
         self._guest_session: aiohttp.ClientSession | None = None
         self._guest_loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._ssl_context: ssl.SSLContext | None = None
         self._base_headers = self._build_base_headers()
         self.credentials = Credentials(config, self._exchange)
         self._auth_for: str | None = None
@@ -343,8 +421,19 @@ class Transport:
             )
         return t
 
+    def _tls(self) -> ssl.SSLContext | bool:
+        """What the connector verifies servers with: True is the system's CAs."""
+        if not self.config.verify_tls:
+            return False
+        if self.config.ca_bundle is None:
+            return True
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context(cafile=self.config.ca_bundle)
+        return self._ssl_context
+
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
+            ssl=self._tls(),
             limit=self.config.connection_limit,
             limit_per_host=0,
             keepalive_timeout=30.0,
@@ -458,6 +547,7 @@ class Transport:
         idempotency_key: bool = True,
         authenticate: bool = True,
         follow_redirects: bool = True,
+        deadline: Limit | None = None,
     ) -> Response:
         """Send one logical request, retrying per ``retry``; return the response or raise.
 
@@ -467,6 +557,12 @@ class Transport:
         for POSTs that only read (polls). ``authenticate=False`` sends no credential of its
         own (the token exchange passes the key in ``headers``). ``follow_redirects=False``
         returns a redirect itself (its ``Location`` is the answer).
+
+        Time: each attempt waits ``timeout`` (else the configured one) for an answer; the
+        call's budget (``_budget``: a control call's whole-call limit, a work call's
+        ``call_timeout`` and ``progress_timeout``) and ``deadline`` (the poller's progress
+        limit) bound the attempts and the retries together. Running out of one of them is
+        an :class:`APITimeoutError` that names it.
         """
         policy = retry or self.config.retry
         url = self.url(endpoint)
@@ -481,17 +577,37 @@ class Transport:
             req_headers["Content-Type"] = content_type
         if method != "GET" and idempotency_key:
             req_headers["X-Idempotency-Key"] = _new_idempotency_key()
-        read_timeout = self._timeout(timeout or self.config.timeout)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        read_s = timeout or self.config.timeout
+        budget = _budget.current()
+        call_limit = None if budget is None else budget.limit(self.config)
+        if budget is not None and not budget.work:
+            read_s = min(read_s, self.config.control_timeout / 2)  # so that one retry fits
+        read_timeout = self._timeout(read_s)
+        progress = self.config.progress_timeout if budget is not None and budget.work else None
+        started = last_answer = time.monotonic()
         waits: Iterator[float] | None = None  # made on the first retry (most calls need none)
         attempt = 0
         throttled = 0
         replayed = False
         sent_credential = ""
+        error: APIError | None = None
         while True:
             retry_after: float | None = None
             force: bool | None = None
+            limit = _tightest(call_limit, deadline, None if progress is None else Limit(
+                last_answer + progress,
+                f"no answer from the server for {progress:g} s (the progress_timeout of "
+                f"{budget.what if budget is not None else 'this call'})", "progress_timeout"))
+            attempt_timeout = read_timeout
+            if limit is not None:
+                remaining = limit.at - time.monotonic()
+                if remaining <= 0:
+                    raise _limit_error(limit, method, endpoint, error)
+                if remaining < read_s:
+                    attempt_timeout = aiohttp.ClientTimeout(
+                        total=remaining, connect=min(self.config.connect_timeout, remaining))
+                else:
+                    limit = None  # this attempt's own timeout comes first
             if authenticate:  # per attempt: a long retry can outlive a JWT
                 if not self.credentials.ready(wants_jwt):
                     if not wants_jwt and self.dialect.has_client_config:
@@ -502,17 +618,23 @@ class Transport:
                 sent_credential = self.credentials.current()
                 req_headers.update(self._auth_header())
             try:
-                response = await self._send(method, url, req_headers, body, params, read_timeout,
-                                            follow_redirects)
+                response = await self._send(method, url, req_headers, body, params,
+                                            attempt_timeout, follow_redirects)
             except APIConnectionError as exc:
                 if self.closing or self.closed:
                     # Our own close broke the connection: the call ends, it is not retried.
                     raise _closed_error() from None
-                error: APIError = exc
+                if limit is not None and isinstance(exc, APITimeoutError):
+                    raise _limit_error(limit, method, endpoint, exc) from None
+                error = exc
+            except APIResponseValidationError:
+                raise  # an answer we refuse (too large): asking again gets the same
             except APIError as exc:
                 error = exc
             else:
                 status = response.status
+                if status < 500:  # an answer, a 429 included, shows the server is alive
+                    last_answer = time.monotonic()
                 if status < 400 or status in ok_statuses:
                     return response
                 if status == 410 and self.closing:
@@ -552,9 +674,13 @@ class Transport:
                 waits = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
                 next(waits)  # backoff.expo's first value is a priming None
             delay = retry_after if retry_after is not None else backoff.full_jitter(next(waits))
-            if loop.time() - started + delay > policy.deadline:
+            now = time.monotonic()
+            if now - started + delay > policy.deadline:
                 raise error
-            log.info("retrying %s %s in %.2fs after: %s", method, endpoint, delay, error)
+            if any(lim is not None and now + delay >= lim.at for lim in (call_limit, deadline)):
+                raise error  # no time left for another attempt: the last error stands
+            _retry_log.retrying(method, endpoint, attempt, now - started, delay, error,
+                                budget.what if budget is not None else None)
             req_headers["x-stainless-retry-count"] = str(attempt)
             await asyncio.sleep(delay)
 
@@ -576,7 +702,7 @@ class Transport:
                 method, url, data=body, params=params, headers=headers, timeout=timeout,
                 allow_redirects=follow_redirects,
             ) as resp:
-                data = await resp.read()
+                data = await _read_bounded(resp, self.config.max_response_bytes)
                 return Response(resp.status, resp.headers, data)
         except asyncio.CancelledError:
             # Closing the pool cancels the requests still in it (also those waiting for a
@@ -586,7 +712,8 @@ class Transport:
             raise
         except asyncio.TimeoutError:
             raise APITimeoutError(
-                f"{method} {url} timed out (no answer within {timeout.sock_read} s)",
+                f"{method} {url} timed out (no answer within "
+                f"{timeout.sock_read or timeout.total or 0:.3g} s)",
                 method=method,
                 url=url,
             ) from None

@@ -26,12 +26,14 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ExperimentalWarning",
+    "InsecureTransportWarning",
     "InternalServerError",
     "InvalidRequestError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
     "RequestFailedError",
+    "RequestNotFoundError",
     "SessionExpiredError",
     "TinkerError",
     "UnprocessableEntityError",
@@ -43,6 +45,10 @@ __all__ = [
 
 class ExperimentalWarning(FutureWarning):
     """Emitted for features the server marks experimental (the official SDK's name)."""
+
+class InsecureTransportWarning(UserWarning):
+    """The API key is about to go over plain HTTP to a host that is not this machine."""
+
 
 class TinkerError(Exception):
     """Base class of every error raised by tinker_async."""
@@ -216,6 +222,24 @@ class RequestFailedError(TinkerError):
         super().__init__(message)
         self.message = message
         self.request_id = request_id
+        self.category = category
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.request_id, self.category))
+
+
+class RequestNotFoundError(NotFoundError, RequestFailedError):
+    """A server future failed because what it names does not exist (a checkpoint to load,
+    a model): a :class:`NotFoundError`, as a 404 from any other method is, and still the
+    :class:`RequestFailedError` that the official SDK raises for a failed future."""
+
+    def __init__(
+        self,
+        message: str,
+        request_id: str | None = None,
+        category: Literal["unknown", "server", "user"] | str = "user",
+    ) -> None:
+        NotFoundError.__init__(self, message, status_code=404, request_id=request_id)
         self.category = category
 
     def __reduce__(self) -> tuple[Any, ...]:

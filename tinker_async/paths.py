@@ -20,6 +20,7 @@ object); this module is its public home.
 
 from __future__ import annotations
 
+from .errors import InvalidRequestError
 from .types._paths import (
     CheckpointType,
     InvalidPathError,
@@ -42,6 +43,20 @@ __all__ = [
     "checkpoint_playground_url",
     "is_checkpoint_path",
     "parse_checkpoint_path",
+    "require_training_checkpoint",
     "to_tinker_path",
     "to_twinkle_path",
 ]
+
+
+def require_training_checkpoint(path: str, method: str) -> ParsedCheckpointTinkerPath:
+    """Parse ``path`` and refuse, before anything is sent, a checkpoint that ``method``
+    cannot load: only training checkpoints (``save_state``'s ``.../weights/<name>``)
+    carry what training needs; sampler weights do not."""
+    parsed = parse_checkpoint_path(path)
+    if parsed.checkpoint_type != "training":
+        raise InvalidRequestError(
+            f"{method} takes a training checkpoint (tinker://<run>/weights/<name>, saved by "
+            f"save_state); {path!r} is a {parsed.checkpoint_type} checkpoint. Sampler "
+            "weights can only be sampled from (create_sampling_client(model_path=...)).")
+    return parsed

@@ -36,7 +36,7 @@ from .errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from .paths import parse_checkpoint_path
+from .paths import parse_checkpoint_path, require_training_checkpoint
 from .rest import RestClient
 from .sampling import BackcompatSamplingClientFuture, SamplingClient
 from .telemetry import Telemetry
@@ -74,8 +74,20 @@ class ServiceClient:
     Arguments are the official SDK's (``user_metadata``, ``project_id``, ``display_name``,
     ``base_url``, ``api_key``, ``default_headers_overrides``) plus: ``tags`` (else
     ``TINKER_TAGS``), ``dialect`` / ``route_prefix`` to force what the server speaks,
-    ``timeout``, ``connect_timeout``, ``max_retries`` / ``retry`` (a :class:`RetryPolicy`),
-    ``heartbeat_interval`` (seconds, default 10) and ``connection_limit``.
+    ``max_retries`` / ``retry`` (a :class:`RetryPolicy`), ``heartbeat_interval`` (seconds,
+    default 10), ``connection_limit``, and the time limits (seconds):
+
+    - ``connect_timeout`` (5): to open a connection;
+    - ``timeout`` (60): for the first byte of an answer, per attempt;
+    - ``control_timeout`` (30): whole-call limit of calls that answer directly (handshake,
+      REST, sessions), retries included;
+    - ``call_timeout`` (None, no limit): whole-call limit of calls that queue work
+      (sampling, training steps, checkpoints, model creation);
+    - ``progress_timeout`` (120): such calls fail with :class:`APITimeoutError` when the
+      server gives no answer of any kind for this long.
+
+    A call still waiting after ``waiting_log_after`` (60) seconds logs a WARNING saying on
+    what, and again each time its wait doubles.
     """
 
     def __init__(
@@ -95,6 +107,10 @@ class ServiceClient:
         max_retries: int | None = None,
         heartbeat_interval: float | None = None,
         connection_limit: int | None = None,
+        control_timeout: float | None = None,
+        call_timeout: float | None = None,
+        progress_timeout: float | None = None,
+        waiting_log_after: float | None = None,
         **kwargs: Any,
     ) -> None:
         retry = kwargs.pop("retry", None)
@@ -116,6 +132,10 @@ class ServiceClient:
             retry=retry,
             heartbeat_interval=heartbeat_interval,
             connection_limit=connection_limit,
+            control_timeout=control_timeout,
+            call_timeout=call_timeout,
+            progress_timeout=progress_timeout,
+            waiting_log_after=waiting_log_after,
             default_headers=dict(default_headers_overrides or {}),
         )
         self._home = Home()
@@ -279,12 +299,7 @@ class ServiceClient:
         self, path: str, base_model: str | None, user_metadata: Mapping[str, str] | None,
         weights_access_token: str | None, optimizer: bool, optimizer_config: Any = None,
     ) -> TrainingClient:
-        parsed = parse_checkpoint_path(path)
-        if parsed.checkpoint_type != "training":
-            raise InvalidRequestError(
-                f"{path!r} is not a training checkpoint (tinker://<run>/weights/<name>); "
-                "sampler weights cannot be trained from"
-            )
+        parsed = require_training_checkpoint(path, "create_training_client_from_state")
         session_id = await self._ensure_session()
         if self._transport.dialect.create_via_load:
             try:

@@ -49,7 +49,7 @@ from .errors import (
     NotFoundError,
     TinkerError,
 )
-from .paths import parse_checkpoint_path
+from .paths import require_training_checkpoint
 from .sampling import BackcompatSamplingClientFuture
 from .telemetry import Telemetry
 from .types import _wire
@@ -651,7 +651,8 @@ class TrainingClient:
         return body
 
     async def _load(self, path: str, optimizer: bool, token: str | None) -> APIFuture[t.LoadWeightsResponse]:
-        parse_checkpoint_path(path)
+        require_training_checkpoint(
+            path, "load_state_with_optimizer" if optimizer else "load_state")
         body: dict[str, Any] = {"model_id": self.model_id, "path": path, "optimizer": optimizer,
                                 "type": "load_weights"}
         if token:

@@ -85,7 +85,8 @@ def _setup_logging(debug: bool) -> None:
     for name in ("tinker_async", "aiohttp.access") if debug else ("tinker_async",):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+        # Without --debug a failure is one line: the retries before it are not shown.
+        logger.setLevel(logging.DEBUG if debug else logging.ERROR)
         logger.propagate = False
 
 
