@@ -14,25 +14,22 @@ their seq id.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import logging
 import os
 import platform
 import secrets
 import ssl
-import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, TypeVar
 
 import aiohttp
-import backoff
 import msgspec
 from multidict import CIMultiDict
 
-from . import _budget, _loops, _sync
+from . import _budget, _loops, _retrying, _sync
 from ._auth import Credentials
 from ._budget import Limit
 from ._config import PROTOCOL_SDK_VERSION, ClientConfig, RetryPolicy
@@ -46,7 +43,6 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     ClientClosedError,
-    RateLimitError,
     status_error_class,
 )
 from .types import _wire
@@ -254,82 +250,8 @@ def status_error(
     )
 
 
-def _retry_after(headers: Mapping[str, str], cap: float) -> float | None:
-    """The server's requested wait, from ``retry-after-ms`` or ``Retry-After``, if sane."""
-    value = headers.get("retry-after-ms")
-    seconds: float | None = None
-    if value is not None:
-        try:
-            seconds = float(value) / 1000
-        except ValueError:
-            seconds = None
-    if seconds is None and (value := headers.get("Retry-After")) is not None:
-        try:
-            seconds = float(value)
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            seconds = parsed.timestamp() - time.time() if parsed else None
-    if seconds is None or seconds < 0 or seconds > cap:
-        return None
-    return seconds
-
-
-def _tightest(*limits: Limit | None) -> Limit | None:
-    """The limit that runs out first (None when there is none)."""
-    best: Limit | None = None
-    for limit in limits:
-        if limit is not None and (best is None or limit.at < best.at):
-            best = limit
-    return best
-
-
-def _limit_error(
-    limit: Limit, method: str, endpoint: str, last: APIError | None
-) -> APITimeoutError:
-    """The error of a call that ran out of ``limit``; says which limit and how to change it."""
-    cause = f"the last attempt: {last}" if last is not None else "no time left to try"
-    return APITimeoutError(
-        f"{method} /{endpoint} stopped: {limit.reason} ({cause}). If the server is only "
-        f"slow, give the client a larger {limit.option}=...",
-        method=method,
-    )
-
-
-class _RetryLog:
-    """One WARNING line per retry after a timeout, a dropped connection or a 5xx (INFO for
-    429s, which are flow control); at most one a second per endpoint, counting the rest."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], float] = {}
-        self._quiet: dict[tuple[str, str], int] = {}
-
-    def retrying(self, method: str, endpoint: str, attempt: int, elapsed: float,
-                 delay: float, error: APIError, what: str | None) -> None:
-        level = logging.INFO if isinstance(error, RateLimitError) else logging.WARNING
-        if not log.isEnabledFor(level):
-            return
-        key = (method, endpoint)
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) < 1.0:
-            self._quiet[key] = self._quiet.get(key, 0) + 1
-            return
-        self._last[key] = now
-        quiet = self._quiet.pop(key, 0)
-        log.log(level, "%s%s /%s: attempt %d failed after %.1f s (%s); retrying in %.2f s%s",
-                f"{what}: " if what else "", method, endpoint, attempt, elapsed, error, delay,
-                f" ({quiet} more retries of this endpoint not shown)" if quiet else "")
-
-
-_retry_log = _RetryLog()
-
-
-def _should_retry_header(headers: Mapping[str, str]) -> bool | None:
-    value = headers.get("x-should-retry")
-    if value == "true":
-        return True
-    if value == "false":
-        return False
-    return None
+#: sampling.py reads the server's Retry-After with this name
+_retry_after = _retrying.retry_after
 
 
 class Transport:
@@ -564,12 +486,8 @@ class Transport:
         limit) bound the attempts and the retries together. Running out of one of them is
         an :class:`APITimeoutError` that names it.
         """
-        policy = retry or self.config.retry
         url = self.url(endpoint)
         req_headers = dict(headers) if headers else {}  # the session adds the base headers
-        # JWT mode once the handshake said so (client/config itself goes with the key).
-        wants_jwt = authenticate and endpoint != "client/config" and bool(
-            self.dialect.flags.get("pjwt_auth_enabled"))
         if json is not None:
             body = _json_encode(json)
             content_type = "application/json"
@@ -577,46 +495,15 @@ class Transport:
             req_headers["Content-Type"] = content_type
         if method != "GET" and idempotency_key:
             req_headers["X-Idempotency-Key"] = _new_idempotency_key()
-        read_s = timeout or self.config.timeout
-        budget = _budget.current()
-        call_limit = None if budget is None else budget.limit(self.config)
-        if budget is not None and not budget.work:
-            read_s = min(read_s, self.config.control_timeout / 2)  # so that one retry fits
-        read_timeout = self._timeout(read_s)
-        progress = self.config.progress_timeout if budget is not None and budget.work else None
-        started = last_answer = time.monotonic()
-        waits: Iterator[float] | None = None  # made on the first retry (most calls need none)
-        attempt = 0
-        throttled = 0
-        replayed = False
-        sent_credential = ""
+        # JWT mode once the handshake said so (client/config itself goes with the key).
+        wants_jwt = authenticate and endpoint != "client/config" and bool(
+            self.dialect.flags.get("pjwt_auth_enabled"))
+        attempts = self._attempts(method, endpoint, timeout, retry, deadline)
         error: APIError | None = None
         while True:
+            attempt_timeout, limit = attempts.timeout(error)
+            sent_credential = await self._authenticate(req_headers, wants_jwt) if authenticate else ""
             retry_after: float | None = None
-            force: bool | None = None
-            limit = _tightest(call_limit, deadline, None if progress is None else Limit(
-                last_answer + progress,
-                f"no answer from the server for {progress:g} s (the progress_timeout of "
-                f"{budget.what if budget is not None else 'this call'})", "progress_timeout"))
-            attempt_timeout = read_timeout
-            if limit is not None:
-                remaining = limit.at - time.monotonic()
-                if remaining <= 0:
-                    raise _limit_error(limit, method, endpoint, error)
-                if remaining < read_s:
-                    attempt_timeout = aiohttp.ClientTimeout(
-                        total=remaining, connect=min(self.config.connect_timeout, remaining))
-                else:
-                    limit = None  # this attempt's own timeout comes first
-            if authenticate:  # per attempt: a long retry can outlive a JWT
-                if not self.credentials.ready(wants_jwt):
-                    if not wants_jwt and self.dialect.has_client_config:
-                        # The server's flags are known (a copy carries them) and say no
-                        # JWT mode: a credential command is refused, as at the handshake.
-                        self.credentials.refuse_command_without_jwt()
-                    await self.credentials.prepare(wants_jwt)
-                sent_credential = self.credentials.current()
-                req_headers.update(self._auth_header())
             try:
                 response = await self._send(method, url, req_headers, body, params,
                                             attempt_timeout, follow_redirects)
@@ -625,64 +512,77 @@ class Transport:
                     # Our own close broke the connection: the call ends, it is not retried.
                     raise _closed_error() from None
                 if limit is not None and isinstance(exc, APITimeoutError):
-                    raise _limit_error(limit, method, endpoint, exc) from None
+                    raise attempts.limit_error(limit, exc) from None
                 error = exc
             except APIResponseValidationError:
                 raise  # an answer we refuse (too large): asking again gets the same
             except APIError as exc:
                 error = exc
             else:
-                status = response.status
-                if status < 500:  # an answer, a 429 included, shows the server is alive
-                    last_answer = time.monotonic()
-                if status < 400 or status in ok_statuses:
+                attempts.answered(response.status)
+                if response.status < 400 or response.status in ok_statuses:
                     return response
-                if status == 410 and self.closing:
-                    raise _closed_error()  # our own close finished the session
-                if status == 410 and self.on_session_gone is not None:
-                    # The session is over (finished, expired, or lost in a server restart):
-                    # no retry can help, and every later call must fail the same way.
-                    raise self.on_session_gone()
-                if (status == 401 and authenticate and not replayed
-                        and 'error="invalid_token"' in response.headers.get("WWW-Authenticate", "")):
-                    # The server wants a (new) JWT: exchange the key, and replay once. This is
-                    # also how a client that skipped the handshake (a bare RestClient) learns
-                    # that the server is in JWT mode.
-                    replayed = True
-                    if await self._jwt_after_401(rejected=sent_credential):
-                        continue
-                error = status_error(
-                    status,
-                    response.body,
-                    response.headers,
-                    method=method,
-                    url=url,
-                    scrub=self.credentials.secrets(),
-                )
-                force = _should_retry_header(response.headers)
-                if force is False or (force is None and not policy.should_retry_status(status)):
-                    raise error
-                retry_after = _retry_after(response.headers, policy.retry_after_cap)
-            attempt += 1
-            if isinstance(error, RateLimitError):
-                throttled += 1
-                if throttled > policy.max_429_retries:
-                    raise error
-            elif attempt - throttled > policy.max_retries:
-                raise error
-            if waits is None:
-                waits = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
-                next(waits)  # backoff.expo's first value is a priming None
-            delay = retry_after if retry_after is not None else backoff.full_jitter(next(waits))
-            now = time.monotonic()
-            if now - started + delay > policy.deadline:
-                raise error
-            if any(lim is not None and now + delay >= lim.at for lim in (call_limit, deadline)):
-                raise error  # no time left for another attempt: the last error stands
-            _retry_log.retrying(method, endpoint, attempt, now - started, delay, error,
-                                budget.what if budget is not None else None)
-            req_headers["x-stainless-retry-count"] = str(attempt)
+                if await self._replay_after_401(response, attempts, authenticate,
+                                                sent_credential):
+                    continue
+                error, retry_after = self._retryable(response, method, url, attempts.policy)
+            delay = attempts.next_delay(error, retry_after)  # raises when out of retries
+            _retrying.retry_log.retrying(method, endpoint, attempts, delay, error)
+            req_headers["x-stainless-retry-count"] = str(attempts.count)
             await asyncio.sleep(delay)
+
+    def _attempts(self, method: str, endpoint: str, timeout: float | None,
+                  retry: RetryPolicy | None, deadline: Limit | None) -> _retrying.Attempts:
+        """The retry state of one request: its policy and per-attempt timeout under the
+        call's budget (a control call's attempt gets at most half its limit, so that one
+        retry fits)."""
+        read_s = timeout or self.config.timeout
+        budget = _budget.current()
+        if budget is not None and not budget.work:
+            read_s = min(read_s, self.config.control_timeout / 2)
+        return _retrying.Attempts(method, endpoint, self.config, retry or self.config.retry,
+                                  read_s, self._timeout(read_s), deadline)
+
+    async def _authenticate(self, req_headers: dict[str, str], wants_jwt: bool) -> str:
+        """Put the current credential's header in; returns the credential (per attempt: a
+        long retry can outlive a JWT)."""
+        if not self.credentials.ready(wants_jwt):
+            if not wants_jwt and self.dialect.has_client_config:
+                # The server's flags are known (a copy carries them) and say no JWT
+                # mode: a credential command is refused, as at the handshake.
+                self.credentials.refuse_command_without_jwt()
+            await self.credentials.prepare(wants_jwt)
+        req_headers.update(self._auth_header())
+        return self.credentials.current()
+
+    async def _replay_after_401(self, response: Response, attempts: _retrying.Attempts,
+                                authenticate: bool, sent_credential: str) -> bool:
+        """Whether to send again after a 401 ``invalid_token``: the server wants a (new)
+        JWT, got once by exchanging the key. This is also how a client that skipped the
+        handshake (a bare RestClient) learns that the server is in JWT mode."""
+        if (response.status != 401 or not authenticate or attempts.replayed
+                or 'error="invalid_token"' not in response.headers.get("WWW-Authenticate", "")):
+            return False
+        attempts.replayed = True
+        return await self._jwt_after_401(rejected=sent_credential)
+
+    def _retryable(self, response: Response, method: str, url: str,
+                   policy: RetryPolicy) -> tuple[APIStatusError, float | None]:
+        """The typed error of an error answer, with the server's requested wait, when it
+        may be retried; raises it when not (the one place an answer's status decides)."""
+        status = response.status
+        if status == 410 and self.closing:
+            raise _closed_error()  # our own close finished the session
+        if status == 410 and self.on_session_gone is not None:
+            # The session is over (finished, expired, or lost in a server restart): no
+            # retry can help, and every later call must fail the same way.
+            raise self.on_session_gone()
+        error = status_error(status, response.body, response.headers, method=method, url=url,
+                             scrub=self.credentials.secrets())
+        force = _retrying.should_retry_header(response.headers)
+        if force is False or (force is None and not policy.should_retry_status(status)):
+            raise error
+        return error, _retrying.retry_after(response.headers, policy.retry_after_cap)
 
     async def _send(
         self,

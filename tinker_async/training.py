@@ -22,13 +22,22 @@ part leaves the sequence unknown: the client then refuses further calls, clearly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import numbers
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -186,6 +195,43 @@ class _Sequencer:
             _wake(fut)
         self._waiters.clear()
 
+    @contextlib.contextmanager
+    def given_up_on_error(self, ticket: int) -> Iterator[None]:
+        """Give ``ticket`` up if the block fails: a place in line must be used or given up,
+        or every later call waits forever."""
+        try:
+            yield
+        except BaseException:
+            self.skip(ticket)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def turn(self, tickets: range) -> AsyncIterator[_Turn]:
+        """The submit of a call whose turn came (:meth:`wait_turn`): yields the seq ids to
+        use; on the way out records how many were used, or settles a failure, and lets
+        the next call go either way."""
+        turn = _Turn(self.next_seq)
+        try:
+            yield turn
+            self.next_seq = turn.seq + turn.used
+        except BaseException as exc:
+            self.settle_failure(exc, partly_accepted=turn.accepted > 0)
+            raise
+        finally:
+            self.advance(tickets[-1] + 1)
+
+
+class _Turn:
+    """One call's use of the seq ids: ``seq`` is its first; it counts the requests the
+    server accepted (``accepted``) and the seq ids it took (``used``)."""
+
+    __slots__ = ("accepted", "seq", "used")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.accepted = 0
+        self.used = 0
+
 
 def _wake(fut: asyncio.Future[None]) -> None:
     """Let a waiter go, from whichever thread: a guest run (``_loops``) on the background
@@ -237,6 +283,123 @@ def _json_fb_body(
         inner["loss_fn_config"] = dict(loss_fn_config)
     key = "forward_input" if endpoint == "forward" else "forward_backward_input"
     return {key: inner, "model_id": model_id, "seq_id": seq, "type": endpoint, **flag}
+
+
+class _FwdBwdBatch:
+    """One forward(_backward) call's chunks, encoded for the wire the server speaks, and
+    how to send them and gather their results."""
+
+    def __init__(self, client: TrainingClient, chunks: list[_chunking.DatumChunk],
+                 bodies: list[_proto.ForwardBackwardBody], loss_fn: str,
+                 loss_fn_config: Mapping[str, float | str] | None, forward_only: bool) -> None:
+        self.client = client
+        self.service = client._service
+        self.dialect = self.service._transport.dialect
+        self.chunks = chunks
+        self.bodies = bodies
+        self.loss_fn = loss_fn
+        self.loss_fn_config = loss_fn_config
+        self.forward_only = forward_only
+        self.use_proto = self.dialect.protobuf
+        self.compress = bool(self.dialect.flag("proto_compress_fwdbwd")) and self.use_proto
+        self.request_type = "Forward" if forward_only else "ForwardBackward"
+
+    @classmethod
+    async def prepare(
+        cls, client: TrainingClient, data: list[t.Datum], loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None, forward_only: bool,
+    ) -> _FwdBwdBatch:
+        """Split ``data`` into the server's chunks and encode them (the seq ids are written
+        in at submit, when the turn comes)."""
+        dialect = client._service._transport.dialect
+        chunks = _chunking.split_datums(
+            data, int(dialect.flag("fwdbwd_max_chunk_len")),
+            int(dialect.flag("fwdbwd_max_chunk_bytes_count")))
+
+        def encode() -> list[_proto.ForwardBackwardBody]:
+            return [_proto.ForwardBackwardBody(
+                client.model_id, chunk.data, loss_fn, loss_fn_config, forward_only)
+                for chunk in chunks]
+
+        if not dialect.protobuf:
+            bodies = []
+        elif sum(chunk.estimated_bytes for chunk in chunks) >= _ENCODE_OFF_LOOP_BYTES:
+            # Tens of ms for a big batch: done on a worker thread, so that the caller's
+            # loop (sampling, heartbeats) keeps running.
+            bodies = await asyncio.to_thread(encode)
+        else:
+            bodies = encode()
+        return cls(client, chunks, bodies, loss_fn, loss_fn_config, forward_only)
+
+    async def send_all(self, turn: _Turn) -> list[Response]:
+        """Send every chunk with its seq id (``turn.seq`` onwards), in the server's order."""
+        chunks = range(len(self.chunks))
+        if len(self.chunks) > 1 and self.dialect.flag("parallel_fwdbwd_chunks"):
+            # Like the official SDK: the rest first, concurrently, then the first chunk,
+            # so that the server (which waits for the first seq) takes the batch at once.
+            # Every send is let finish, so ``turn.accepted`` is complete.
+            rest = await asyncio.gather(*(self._send(i, turn) for i in chunks[1:]),
+                                        return_exceptions=True)
+            for outcome in rest:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            responses = [await self._send(0, turn),
+                         *(r for r in rest if isinstance(r, Response))]
+        else:
+            responses = [await self._send(i, turn) for i in chunks]
+        turn.used = len(self.chunks)
+        return responses
+
+    async def _send(self, i: int, turn: _Turn) -> Response:
+        transport = self.service._transport
+        seq = turn.seq + i
+        if self.use_proto:
+            payload: bytes | memoryview = self.bodies[i].payload(seq)
+            headers = {}
+            if self.compress:
+                payload = await asyncio.to_thread(_proto.compress, payload)
+                headers["Content-Encoding"] = "zstd"
+            resp = await transport.request("POST", "forward_backward", body=payload,
+                                           content_type=PROTOBUF, headers=headers)
+        else:
+            resp = await self._send_json(i, seq)
+        turn.accepted += 1
+        return resp
+
+    async def _send_json(self, i: int, seq: int) -> Response:
+        transport = self.service._transport
+        dialect = self.dialect
+        endpoint = ("forward" if self.forward_only and dialect.separate_forward
+                    else "forward_backward")
+
+        def body(forward_only: bool, endpoint: str) -> dict[str, Any]:
+            return _json_fb_body(dialect.tinkercloud_bodies, self.client.model_id, seq,
+                                 self.chunks[i].data, self.loss_fn, self.loss_fn_config,
+                                 forward_only, endpoint)
+
+        try:
+            return await transport.request(
+                "POST", endpoint, json=body(self.forward_only, endpoint))
+        except NotFoundError:
+            if endpoint != "forward":
+                raise
+        # No /forward here (nothing was applied): forward_backward can run a forward pass
+        # alone; remember that once it worked.
+        resp = await transport.request("POST", "forward_backward",
+                                       json=body(True, "forward_backward"))
+        dialect.lacks("separate_forward", "HTTP 404 at /forward")
+        return resp
+
+    async def results(self, responses: list[Response], submitted: float
+                      ) -> t.ForwardBackwardOutput:
+        """Wait for every chunk's result and combine them."""
+        results = await asyncio.gather(*(
+            self.service._poller.result(_request_id(r), self.request_type, _decode_fb,
+                                        protobuf=self.use_proto, submitted_at=submitted)
+            for r in responses))
+        if len(results) == 1:
+            return results[0]
+        return _chunking.combine_forward_backward_outputs(results)
 
 
 def _decode_fb(resp: Response) -> t.ForwardBackwardOutput:
@@ -314,23 +477,28 @@ class TrainingClient:
         decode: Callable[[Response], Any],
     ) -> APIFuture[Any]:
         """Wait for ``ticket``'s turn, submit one JSON request, start polling its result."""
-        await self._seq.wait_turn(ticket)
 
-        async def send() -> Response:
-            try:
-                seq = self._seq.next_seq
-                resp = await self._service._transport.request("POST", endpoint, json=build(seq))
-                self._seq.next_seq = seq + 1
-            except BaseException as exc:
-                self._seq.settle_failure(exc, partly_accepted=False)
-                raise
-            finally:
-                self._seq.advance(ticket + 1)
+        async def send(turn: _Turn) -> Response:
+            resp = await self._service._transport.request("POST", endpoint, json=build(turn.seq))
+            turn.used = 1
             return resp
 
         submitted = time.time()
-        resp = await _shielded(send())
+        resp = await self._at_turn(range(ticket, ticket + 1), send)
         return self._poll(resp, request_type, decode, protobuf=False, submitted=submitted)
+
+    async def _at_turn(self, tickets: range, send: Callable[[_Turn], Awaitable[T]]) -> T:
+        """The sequencing protocol of every queued call: wait for ``tickets``' turn (a
+        cancel while waiting gives the place up, nothing is sent), then ``send`` with the
+        turn's seq ids, run to its end even if the caller is cancelled meanwhile, and let
+        the next call go."""
+        await self._seq.wait_turn(tickets[0])
+
+        async def submit() -> T:
+            async with self._seq.turn(tickets) as turn:
+                return await send(turn)
+
+        return await _shielded(submit())
 
     def _poll(
         self, resp: Response, request_type: str, decode: Callable[[Response], Any],
@@ -350,110 +518,19 @@ class TrainingClient:
         forward_only: bool,
         tickets: range | None = None,
     ) -> APIFuture[t.ForwardBackwardOutput]:
-        service = self._service
-        dialect = service._transport.dialect
-        use_proto = dialect.protobuf
         # The place in line is taken now, before any await: the call fixes the order.
         tickets = tickets if tickets is not None else self._seq.tickets(1)
         try:
-            chunks = _chunking.split_datums(
-                data, int(dialect.flag("fwdbwd_max_chunk_len")),
-                int(dialect.flag("fwdbwd_max_chunk_bytes_count")),
-            )
-
-            def encode() -> list[_proto.ForwardBackwardBody]:
-                # The seq id is written in at submit, when the turn comes.
-                return [_proto.ForwardBackwardBody(
-                    self.model_id, chunk.data, loss_fn, loss_fn_config, forward_only)
-                    for chunk in chunks]
-
-            if not use_proto:
-                bodies = []
-            elif sum(chunk.estimated_bytes for chunk in chunks) >= _ENCODE_OFF_LOOP_BYTES:
-                # Tens of ms for a big batch: done on a worker thread, so that the caller's
-                # loop (sampling, heartbeats) keeps running.
-                bodies = await asyncio.to_thread(encode)
-            else:
-                bodies = encode()
+            batch = await _FwdBwdBatch.prepare(self, data, loss_fn, loss_fn_config, forward_only)
         except BaseException:
             # Bad input (or a cancel) takes no place: later calls must not wait for it.
             for ticket in tickets:
                 self._seq.skip(ticket)
             raise
-        request_type = "Forward" if forward_only else "ForwardBackward"
-        compress = bool(dialect.flag("proto_compress_fwdbwd")) and use_proto
-        await self._seq.wait_turn(tickets[0])
-
-        async def send(i: int, seq: int, accepted: list[Response]) -> Response:
-            if use_proto:
-                payload: bytes | memoryview = bodies[i].payload(seq)
-                headers = {}
-                if compress:
-                    payload = await asyncio.to_thread(_proto.compress, payload)
-                    headers["Content-Encoding"] = "zstd"
-                resp = await service._transport.request(
-                    "POST", "forward_backward", body=payload, content_type=PROTOBUF,
-                    headers=headers)
-            else:
-                endpoint = "forward" if forward_only and dialect.separate_forward else "forward_backward"
-                body = _json_fb_body(dialect.tinkercloud_bodies, self.model_id, seq, chunks[i].data,
-                                     loss_fn, loss_fn_config, forward_only, endpoint)
-                try:
-                    resp = await service._transport.request("POST", endpoint, json=body)
-                except NotFoundError:
-                    if endpoint != "forward":
-                        raise
-                    # No /forward here (nothing was applied): forward_backward can run a
-                    # forward pass alone; remember that once it worked.
-                    body = _json_fb_body(dialect.tinkercloud_bodies, self.model_id, seq, chunks[i].data,
-                                         loss_fn, loss_fn_config, True, "forward_backward")
-                    resp = await service._transport.request("POST", "forward_backward", json=body)
-                    dialect.lacks("separate_forward", "HTTP 404 at /forward")
-            accepted.append(resp)
-            return resp
-
-        async def send_all() -> list[Response]:
-            accepted: list[Response] = []
-            try:
-                first_seq = self._seq.next_seq
-                if len(chunks) > 1 and dialect.flag("parallel_fwdbwd_chunks"):
-                    # Like the official SDK: the rest first, concurrently, then the first
-                    # chunk, so that the server (which waits for the first seq) takes the
-                    # batch at once. Every send is let finish, so ``accepted`` is complete.
-                    rest = await asyncio.gather(
-                        *(send(i, first_seq + i, accepted) for i in range(1, len(chunks))),
-                        return_exceptions=True)
-                    for outcome in rest:
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                    responses = [await send(0, first_seq, accepted),
-                                 *(r for r in rest if isinstance(r, Response))]
-                else:
-                    responses = [await send(i, first_seq + i, accepted) for i in range(len(chunks))]
-                self._seq.next_seq = first_seq + len(chunks)
-            except BaseException as exc:
-                self._seq.settle_failure(exc, partly_accepted=bool(accepted))
-                raise
-            finally:
-                self._seq.advance(tickets[-1] + 1)
-            return responses
-
         submitted = time.time()
-        responses = await _shielded(send_all())
+        responses = await self._at_turn(tickets, batch.send_all)
         loop = asyncio.get_running_loop()
-        polls = [
-            self._service._poller.result(_request_id(r), request_type, _decode_fb,
-                                         protobuf=use_proto, submitted_at=submitted)
-            for r in responses
-        ]
-
-        async def combined() -> t.ForwardBackwardOutput:
-            results = await asyncio.gather(*polls)
-            if len(results) == 1:
-                return results[0]
-            return _chunking.combine_forward_backward_outputs(results)
-
-        return APIFuture._from_task(loop.create_task(combined()), loop)
+        return APIFuture._from_task(loop.create_task(batch.results(responses, submitted)), loop)
 
     # -- queued operations --------------------------------------------------------------
 
@@ -521,31 +598,22 @@ class TrainingClient:
             }) for d in checked
         ]
         tickets = self._seq.tickets(2)
-        # The second place in line must be used or given up, or later calls wait forever.
-        try:
+        with self._seq.given_up_on_error(tickets[1]):
             forward = await self._run_forward_backward(
                 forward_data, "cross_entropy", None, True, tickets=range(tickets[0], tickets[0] + 1))
             logprobs = [out["logprobs"].to_numpy() for out in (await forward).loss_fn_outputs]
-        except BaseException:
-            self._seq.skip(tickets[1])
-            raise
-        try:
-            loss_sum, metrics, grads = _custom_loss_gradients(loss_fn, checked, logprobs)
+            try:
+                loss_sum, metrics, grads = _custom_loss_gradients(loss_fn, checked, logprobs)
+            except InvalidRequestError:
+                raise
+            except Exception as exc:
+                raise InvalidRequestError(f"the custom loss failed: {exc!r}") from exc
             backward_data = [
                 t.Datum(model_input=d.model_input, loss_fn_inputs={
                     "target_tokens": d.loss_fn_inputs["target_tokens"],
                     "weights": t.TensorData.from_numpy(-np.asarray(g, dtype=np.float32)),
                 }) for d, g in zip(checked, grads, strict=True)
             ]
-        except InvalidRequestError:
-            self._seq.skip(tickets[1])
-            raise
-        except Exception as exc:
-            self._seq.skip(tickets[1])
-            raise InvalidRequestError(f"the custom loss failed: {exc!r}") from exc
-        except BaseException:
-            self._seq.skip(tickets[1])
-            raise
         backward = await self._run_forward_backward(
             backward_data, "cross_entropy", None, False, tickets=range(tickets[1], tickets[1] + 1))
         loop = asyncio.get_running_loop()
