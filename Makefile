@@ -3,8 +3,9 @@ PYTHON ?= python3
 TEST_VENV := .venv
 DEMO_VENV := .venv-demo
 COMPAT_VENV := .venv-compat
+DOCS_VENV := .venv-docs
 
-.PHONY: demo test compat interop lint typecheck bench serve clean
+.PHONY: demo test compat interop lint typecheck bench serve clean docs
 
 $(TEST_VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
@@ -12,6 +13,17 @@ $(TEST_VENV)/.installed: pyproject.toml
 	$(TEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TEST_VENV)/bin/python -m pip install -q -e '.[test]'
 	touch $@
+
+$(DOCS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DOCS_VENV)/bin/python -m pip install -q -e '.[docs]'
+	touch $@
+
+## docs: the documentation site in site/, built strictly (a broken link or reference fails)
+docs: $(DOCS_VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
 
 $(DEMO_VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
@@ -55,7 +67,7 @@ interop:
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python scripts/gen_sync.py --check
-	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples compat interop $(wildcard benchmarks)
+	$(TEST_VENV)/bin/ruff check tinker_async tests scripts examples compat interop docs/_ext $(wildcard benchmarks)
 
 typecheck: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/mypy tinker_async tests/typing/usage_check.py
@@ -65,4 +77,4 @@ serve: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/python -m tinker_async.local --port 8000
 
 clean:
-	rm -rf $(TEST_VENV) $(DEMO_VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(TEST_VENV) $(DEMO_VENV) $(COMPAT_VENV) $(DOCS_VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -1,3 +1,4 @@
-"""The package version (kept in step with pyproject.toml by the release checklist)."""
+"""The package version: its one source. pyproject.toml reads it (``dynamic = ["version"]``),
+``tinker_async.__version__`` and ``tinker-async version`` show it."""
 
 __version__ = "0.1.0"
