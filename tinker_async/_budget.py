@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._config import ClientConfig
@@ -58,14 +58,25 @@ WORK_CALLS = frozenset({
 })
 
 
-class Limit(NamedTuple):
-    """A point in time (``time.monotonic()``) by which something must end, and why."""
+class Limit:
+    """A point in time (``time.monotonic()``) by which something must end, and why.
 
-    at: float
-    #: names the limit in an error message, e.g. "the 30 s control_timeout of RestClient.x ran out"
-    reason: str
-    #: the ServiceClient argument that sets it
-    option: str
+    Made for every request, so its message is only formatted when it is read: ``reason``
+    is ``template.format(*args)``."""
+
+    __slots__ = ("_args", "_template", "at", "option")
+
+    def __init__(self, at: float, option: str, template: str, *args: object) -> None:
+        self.at = at
+        #: the client argument that sets it
+        self.option = option
+        self._template = template
+        self._args = args
+
+    @property
+    def reason(self) -> str:
+        """Names the limit in a message: "the 30 s control_timeout of RestClient.x ran out"."""
+        return self._template.format(*self._args)
 
 
 class Budget:
@@ -88,7 +99,8 @@ class Budget:
             name = "control_timeout"
         if seconds is None:
             return None
-        return Limit(self.started + seconds, f"the {seconds:g} s {name} of {self.what} ran out", name)
+        return Limit(self.started + seconds, name, "the {:g} s {} of {} ran out", seconds, name,
+                     self.what)
 
 
 _current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(

@@ -123,10 +123,12 @@ class _Patience:
         return True
 
 
-def _progress_limit(transport: Transport, last_answer: float, waiting_for: str) -> Limit:
+def _progress_limit(transport: Transport, last_answer: float, *waiting_for: object) -> Limit:
+    """No answer for ``progress_timeout`` after ``last_answer``; ``waiting_for`` (what the
+    message names) is formatted only if it runs out."""
     seconds = transport.config.progress_timeout
-    return Limit(last_answer + seconds, f"no answer from the server for {seconds:g} s while "
-                 f"waiting for {waiting_for} (progress_timeout)", "progress_timeout")
+    return Limit(last_answer + seconds, "progress_timeout", "no answer from the server for "
+                 "{:g} s while waiting for {} {} (progress_timeout)", seconds, *waiting_for)
 
 
 class PromiseExpired(TinkerError):
@@ -223,8 +225,8 @@ class _SessionLongPoll:
                     "POST", "retrieve_futures", json=body,
                     timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
                     ok_statuses=frozenset({408}), idempotency_key=False,
-                    deadline=_progress_limit(transport, last_answer,
-                                             f"{len(self.waiters)} sample(s)"),
+                    deadline=_progress_limit(transport, last_answer, len(self.waiters),
+                                             "sample(s)"),
                 )
             except BaseException as exc:
                 self.retrieved = sent_ids + self.retrieved  # re-send the acks next time
@@ -459,8 +461,8 @@ class FuturePoller:
                     "POST", endpoint, json=body, headers=headers,
                     timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
                     ok_statuses=frozenset({408, 410}), idempotency_key=False,
-                    deadline=_progress_limit(transport, last_answer,
-                                             f"{request_type} {request_id}"),
+                    deadline=_progress_limit(transport, last_answer, request_type,
+                                             request_id),
                 )
             last_answer = time.monotonic()
             iteration += 1

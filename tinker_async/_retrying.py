@@ -61,33 +61,30 @@ class Attempts:
     def what(self) -> str | None:
         return None if self.budget is None else self.budget.what
 
-    def _closest(self) -> Limit | None:
-        closest = self.call_limit
-        if self.deadline is not None and (closest is None or self.deadline.at < closest.at):
-            closest = self.deadline
-        if self.progress is not None:
-            at = self.last_answer + self.progress
-            if closest is None or at < closest.at:
-                # Built only when it is the closest: most requests never need its text.
-                closest = Limit(at, f"no answer from the server for {self.progress:g} s (the "
-                                f"progress_timeout of {self.what})", "progress_timeout")
-        return closest
-
     def timeout(self, error: APIError | None) -> tuple[aiohttp.ClientTimeout, Limit | None]:
         """The next attempt's timeout, and the limit that set it (None: its own).
 
         Raises the limit's :class:`APITimeoutError` when no time is left (``error`` is the
         last attempt's, for the message)."""
-        limit = self._closest()
-        if limit is None:
+        closest = self.call_limit
+        if self.deadline is not None and (closest is None or self.deadline.at < closest.at):
+            closest = self.deadline
+        progress_at = None if self.progress is None else self.last_answer + self.progress
+        at = closest.at if closest is not None else None
+        if progress_at is not None and (at is None or progress_at < at):
+            at, closest = progress_at, None
+        if at is None:
             return self.read_timeout, None
-        remaining = limit.at - time.monotonic()
-        if remaining <= 0:
-            raise self.limit_error(limit, error)
+        remaining = at - time.monotonic()
         if remaining >= self.read_s:
-            return self.read_timeout, None
+            return self.read_timeout, None  # the common case: nothing more to build
+        if closest is None:
+            closest = Limit(at, "progress_timeout", "no answer from the server for {:g} s (the "
+                            "progress_timeout of {})", self.progress, self.what)
+        if remaining <= 0:
+            raise self.limit_error(closest, error)
         return aiohttp.ClientTimeout(total=remaining, connect=min(
-            self.read_timeout.connect or remaining, remaining)), limit
+            self.read_timeout.connect or remaining, remaining)), closest
 
     def answered(self, status: int) -> None:
         if status < 500:  # an answer, a 429 included, shows the server is alive
