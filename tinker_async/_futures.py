@@ -42,7 +42,6 @@ from ._loops import in_guest_run
 from ._transport import PROTOBUF, Response, Transport
 from .errors import (
     APIConnectionError,
-    APIError,
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
@@ -65,6 +64,8 @@ _FAST_ANSWER_S = 0.05  # a "not yet" faster than this means the server does not 
 _MAX_IDLE_WAIT_S = 1.0
 _UNCLAIMED_LIMIT = 10_000
 _OUTAGE_PAUSE_S = 1.0
+#: answers that cannot be read in a row before a wait gives up (a poll is safe to repeat)
+_UNREADABLE_POLLS = 3
 #: with at most this many samples in flight, one held retrieve_future each is cheapest
 _DIRECT_FETCH_MAX = 4
 #: under load, re-arm the long-poll after a window sized (from the observed completion
@@ -131,8 +132,11 @@ def _progress_limit(transport: Transport, last_answer: float, *waiting_for: obje
                  "{:g} s while waiting for {} {} (progress_timeout)", seconds, *waiting_for)
 
 
-class PromiseExpired(TinkerError):
-    """HTTP 410 while polling: the server dropped the request; it may be resubmitted."""
+class PromiseExpired(RequestFailedError):
+    """HTTP 410 while polling: the server dropped the request before its result was read.
+
+    Sampling resubmits it; a training step's result is lost (the step may have been
+    applied), which is a :class:`RequestFailedError`."""
 
 
 #: how servers word a failure over something that does not exist
@@ -213,6 +217,7 @@ class _SessionLongPoll:
         transport = self.poller.transport
         last_answer = cycle_start = time.monotonic()
         patience = _Patience(transport)
+        unreadable = 0
         while self.waiters:
             self._say_if_waiting_long(patience, last_answer)
             sent_ids = self.retrieved
@@ -257,8 +262,18 @@ class _SessionLongPoll:
             try:
                 taken = self._take(resp.json())
             except Exception as exc:  # an answer we cannot read must not strand the waiters
-                self._fail_all(APIError(f"unreadable retrieve_futures answer: {exc!r}"))
-                return
+                # The poll is safe to send again (the cursor and the acks did not move);
+                # only answers unreadable again and again fail the waiters (not the session).
+                self.retrieved = sent_ids + self.retrieved
+                unreadable += 1
+                if unreadable > _UNREADABLE_POLLS:
+                    self._fail_all(APIResponseValidationError(
+                        f"{unreadable} unreadable retrieve_futures answers in a row: {exc!r}"),
+                        permanent=False)
+                    return
+                log.warning("an unreadable retrieve_futures answer (%s); polling again", exc)
+                continue
+            unreadable = 0
             if self.waiters and taken < _BATCH_TARGET:
                 # Few completions per answer: wait long enough (at the rate they have been
                 # arriving) for the next answer to carry about _BATCH_TARGET of them.
@@ -308,8 +323,8 @@ class _SessionLongPoll:
 
     def _fail_all(self, exc: Exception, *, permanent: bool = True) -> None:
         """Fail every waiter; a permanent failure also fails every later wait at once."""
-        failure = exc if isinstance(exc, (APIConnectionError, ClientClosedError,
-                                          SessionExpiredError)) else TinkerError(
+        failure = exc if isinstance(exc, (APIConnectionError, APIResponseValidationError,
+                                          ClientClosedError, SessionExpiredError)) else TinkerError(
             f"retrieve_futures polling failed: {exc}")
         if failure is not exc:
             failure.__cause__ = exc
@@ -342,6 +357,19 @@ async def _within_call_limit(
         raise APITimeoutError(
             f"{limit.reason} while waiting for {request_type} {request_id}. If the server "
             f"is only slow, give the client a larger {limit.option}=...") from None
+
+
+def _decoded(decode: Callable[[Response], T], outcome: Response, request_type: str,
+             request_id: str) -> T:
+    """``decode(outcome)``, with any failure to read it typed and naming the request."""
+    try:
+        return decode(outcome)
+    except TinkerError:
+        raise
+    except ValueError as exc:
+        raise APIResponseValidationError(
+            f"The server's {request_type} result for request {request_id} cannot be "
+            f"decoded: {exc}", request_id=request_id) from exc
 
 
 class FuturePoller:
@@ -443,6 +471,7 @@ class FuturePoller:
         slots = self._semaphore()
         waiting_since = last_answer = time.monotonic()
         patience = _Patience(transport)
+        unreadable = 0
         budget = _budget.current()
         while True:
             if patience.due(last_answer - waiting_since):
@@ -467,18 +496,23 @@ class FuturePoller:
             last_answer = time.monotonic()
             iteration += 1
             if resp.status == 410:
-                raise PromiseExpired(f"request {request_id} expired on the server (HTTP 410)")
+                raise PromiseExpired(f"Request {request_id} expired on the server (HTTP 410) "
+                                     "before its result was read", request_id=request_id,
+                                     category="server")
             if resp.status != 408 and (resp.is_protobuf or resp.status == 200):
-                outcome = self._interpret(resp, request_id)
-                if outcome is not None:
-                    try:
-                        return decode(outcome)
-                    except TinkerError:
+                try:
+                    outcome = self._interpret(resp, request_id)
+                    if outcome is not None:
+                        return _decoded(decode, outcome, request_type, request_id)
+                except APIResponseValidationError as exc:
+                    # Asking again is safe (a poll changes nothing) and gets a good copy
+                    # when the answer was spoilt on the way; a few times, then typed.
+                    unreadable += 1
+                    if unreadable > _UNREADABLE_POLLS:
                         raise
-                    except ValueError as exc:  # a result we cannot read: typed, with its id
-                        raise APIResponseValidationError(
-                            f"The server's {request_type} result for request {request_id} "
-                            f"cannot be decoded: {exc}", request_id=request_id) from exc
+                    log.warning("%s %s: an unreadable answer (%s); polling again",
+                                request_type, request_id, exc)
+                    continue
             if on_queue_state is not None and resp.status in (200, 408):
                 _report_queue_state(resp, on_queue_state)
             # Not ready. A server that held the poll can be asked again at once; one that

@@ -28,6 +28,8 @@ log = logging.getLogger("tinker_async")
 
 FinishStatus = Literal["success", "errored", "interrupted"]
 _UNHEALTHY_AFTER_S = 120.0
+#: after a 404, the server is asked whether it still knows the session at most this often
+_PROBE_EVERY_S = 1.0
 
 
 class Session:
@@ -61,6 +63,8 @@ class Session:
         self._closing = False
         self._last_ok = 0.0
         transport.on_session_gone = self._gone_error
+        transport.on_not_found = self.check_known
+        self._last_probe = -1e9
         transport.home.on_move(self._forget_loop_state)
 
     def _forget_loop_state(self) -> None:
@@ -178,6 +182,12 @@ class Session:
                 timeout=timeout,
                 ok_statuses=frozenset({410}),
             )
+        except NotFoundError as exc:
+            if "session" not in str(exc.body).lower():  # a server without the route, say
+                log.debug("heartbeat failed: %s", exc)
+                return True
+            self.mark_gone(unknown=True)  # the server forgot it: a restart
+            return False
         except APIError as exc:
             log.debug("heartbeat failed: %s", exc)
             return True
@@ -188,19 +198,35 @@ class Session:
         self._last_ok = asyncio.get_running_loop().time()
         return True
 
+    async def check_known(self) -> SessionExpiredError | None:
+        """After a 404 from one of this session's calls: whether the server still knows the
+        session (one heartbeat; at most one a second). The error to raise if not."""
+        if self.gone is not None or self.id is None:
+            return self.gone
+        now = asyncio.get_running_loop().time()
+        if now - self._last_probe >= _PROBE_EVERY_S:
+            self._last_probe = now
+            await self.beat(timeout=min(self.transport.config.timeout, 10.0))
+        return self.gone
+
     def _gone_error(self) -> SessionExpiredError:
         self.mark_gone()
         assert self.gone is not None
         return self.gone
 
-    def mark_gone(self) -> None:
+    def mark_gone(self, unknown: bool = False) -> None:
+        """The server ended the session (a 410), or no longer knows it (``unknown``: its
+        heartbeat got a 404, as after a server restart): every later call fails at once."""
         if self.gone is None:
-            log.warning("session %s was ended by the server (HTTP 410)", self.id)
+            why = ("no longer knows session {} (HTTP 404 on its heartbeat: the server "
+                   "restarted, or dropped the session)" if unknown else
+                   "ended session {} (HTTP 410: finished, expired after missed heartbeats, "
+                   "or lost in a server restart)").format(self.id)
+            log.warning("the server %s", why)
             self.gone = SessionExpiredError(
-                f"The server ended session {self.id} (HTTP 410: finished, expired after "
-                "missed heartbeats, or lost in a server restart). Its training and sampling "
-                "clients cannot be used any more: create a new ServiceClient, and resume "
-                "training from your last checkpoint (create_training_client_from_state).",
+                f"The server {why}. Its training and sampling clients cannot be used any "
+                "more: create a new ServiceClient, and resume training from your last "
+                "checkpoint (create_training_client_from_state).",
                 session_id=self.id,
             )
 

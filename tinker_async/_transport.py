@@ -21,7 +21,7 @@ import platform
 import secrets
 import ssl
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -43,11 +43,12 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     ClientClosedError,
+    NotFoundError,
     status_error_class,
 )
 from .types import _wire
 
-__all__ = ["Response", "Transport", "status_error"]
+__all__ = ["Response", "Transport", "UnreadableAnswer", "new_idempotency_key", "status_error"]
 
 log = logging.getLogger("tinker_async")
 T = TypeVar("T")
@@ -95,7 +96,7 @@ class _IdempotencyKeys:
         return self.prefix + str(next(self.counter))
 
 
-_new_idempotency_key = _IdempotencyKeys()
+_new_idempotency_key = new_idempotency_key = _IdempotencyKeys()
 
 
 def _close_soon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
@@ -157,6 +158,11 @@ def _too_large(resp: aiohttp.ClientResponse, limit: int) -> APIResponseValidatio
     )
 
 
+class UnreadableAnswer(APIResponseValidationError, ValueError):
+    """An answer whose body cannot be decoded (a ``ValueError`` too, as the decoders'
+    own errors are, for the code that catches those)."""
+
+
 class Response:
     """A finished HTTP exchange: status, headers and the whole body."""
 
@@ -173,7 +179,18 @@ class Response:
         return self.content_type == PROTOBUF
 
     def json(self) -> Any:
-        return _json_decode_any(self.body) if self.body else None
+        """The body as JSON (None when empty); an unreadable one is an
+        :class:`APIResponseValidationError` (also a ``ValueError``), never msgspec's."""
+        if not self.body:
+            return None
+        try:
+            return _json_decode_any(self.body)
+        except msgspec.DecodeError as exc:
+            raise UnreadableAnswer(
+                f"The server's answer is not valid JSON ({exc}): "
+                f"{bytes(self.body[:200])!r}",
+                request_id=self.headers.get("x-request-id"),
+            ) from None
 
     def decode(self, type_: type[T]) -> T:
         try:
@@ -277,6 +294,9 @@ class Transport:
         self.closing = False
         #: set by the family's Session: turns a 410 into its SessionExpiredError
         self.on_session_gone: Callable[[], BaseException] | None = None
+        #: set by the family's Session: after a 404, says whether the server still knows
+        #: the session (an error to raise instead if not: the server restarted, say)
+        self.on_not_found: Callable[[], Awaitable[BaseException | None]] | None = None
         home.on_move(self._abandon_session)
         _sync.register_for_exit(self)
 
@@ -466,7 +486,7 @@ class Transport:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         ok_statuses: frozenset[int] = frozenset(),
-        idempotency_key: bool = True,
+        idempotency_key: bool | str = True,
         authenticate: bool = True,
         follow_redirects: bool = True,
         deadline: Limit | None = None,
@@ -475,7 +495,8 @@ class Transport:
 
         ``ok_statuses`` are error statuses the caller handles itself (e.g. 408 and 410 when
         polling); they are returned instead of raised or retried. Non-GET requests carry an
-        ``X-Idempotency-Key`` (the same on every retry) unless ``idempotency_key=False``,
+        ``X-Idempotency-Key`` (the same on every retry; a string is used as the key) unless
+        ``idempotency_key=False``,
         for POSTs that only read (polls). ``authenticate=False`` sends no credential of its
         own (the token exchange passes the key in ``headers``). ``follow_redirects=False``
         returns a redirect itself (its ``Location`` is the answer).
@@ -494,7 +515,8 @@ class Transport:
         if content_type is not None:
             req_headers["Content-Type"] = content_type
         if method != "GET" and idempotency_key:
-            req_headers["X-Idempotency-Key"] = _new_idempotency_key()
+            req_headers["X-Idempotency-Key"] = (
+                idempotency_key if isinstance(idempotency_key, str) else _new_idempotency_key())
         # JWT mode once the handshake said so (client/config itself goes with the key).
         wants_jwt = authenticate and endpoint != "client/config" and bool(
             self.dialect.flags.get("pjwt_auth_enabled"))
@@ -525,7 +547,11 @@ class Transport:
                 if await self._replay_after_401(response, attempts, authenticate,
                                                 sent_credential):
                     continue
-                error, retry_after = self._retryable(response, method, url, attempts.policy)
+                try:
+                    error, retry_after = self._retryable(response, method, url, attempts.policy)
+                except NotFoundError as exc:
+                    await self._raise_if_session_unknown(exc, endpoint)
+                    raise
             delay = attempts.next_delay(error, retry_after)  # raises when out of retries
             _retrying.retry_log.retrying(method, endpoint, attempts, delay, error)
             req_headers["x-stainless-retry-count"] = str(attempts.count)
@@ -565,6 +591,15 @@ class Transport:
             return False
         attempts.replayed = True
         return await self._jwt_after_401(rejected=sent_credential)
+
+    async def _raise_if_session_unknown(self, exc: NotFoundError, endpoint: str) -> None:
+        """A 404 may mean the server forgot the whole session (it restarted): then every
+        call of the family fails the same way, with one error that says what to do."""
+        if self.on_not_found is None or endpoint == "session_heartbeat" or self.closing:
+            return
+        gone = await self.on_not_found()
+        if gone is not None:
+            raise gone from exc
 
     def _retryable(self, response: Response, method: str, url: str,
                    policy: RetryPolicy) -> tuple[APIStatusError, float | None]:

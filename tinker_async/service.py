@@ -225,9 +225,14 @@ class ServiceClient:
         return self._transport.dialect.name
 
     def _check_open(self) -> None:
+        """Refuse a call when the client is closed or its server session is gone."""
+        self._check_not_closed()
+        self._session.check_alive()
+
+    def _check_not_closed(self) -> None:
+        """Refuse a call when the client is closed (calls that need no session: REST)."""
         if self._closed:
             raise ClientClosedError("This ServiceClient is closed; create a new one.")
-        self._session.check_alive()
 
     async def _ensure_session(self) -> str:
         self._check_open()
@@ -243,7 +248,7 @@ class ServiceClient:
     @homed
     async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
         """The models the server supports."""
-        self._check_open()
+        self._check_open()  # like every ServiceClient call: refused once the session is gone
         return await self.create_rest_client().get_server_capabilities_async()
 
     async def _poll_json(self, resp_json: Any, request_type: str) -> Any:
@@ -497,8 +502,9 @@ class ServiceClient:
         return f"{CONSOLE_BASE_URL}/sessions/{quote(self._session.id or '', safe='')}"
 
     def create_rest_client(self) -> RestClient:
-        """A RestClient sharing this client's connection pool."""
-        self._check_open()
+        """A RestClient sharing this client's connection pool (it needs no session, so it
+        works after the session is gone)."""
+        self._check_not_closed()
         return RestClient(self)
 
     @homed

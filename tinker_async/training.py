@@ -48,11 +48,12 @@ from . import types as t
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._loops import in_guest_run, running_loop
 from ._sync import homed
-from ._transport import PROTOBUF, Response
+from ._transport import PROTOBUF, Response, Transport, new_idempotency_key
 from ._validate import check_checkpoint_name, check_forward_backward, check_optim_params
 from .errors import (
     APIConnectionError,
     APIError,
+    APIResponseValidationError,
     ClientClosedError,
     InvalidRequestError,
     NotFoundError,
@@ -186,7 +187,7 @@ class _Sequencer:
         alias this one (the server would answer it with this call's future), and skipping
         it could leave a gap. Neither is safe, so the client stops with a clear error.
         """
-        if partly_accepted or isinstance(error, APIConnectionError):
+        if partly_accepted or isinstance(error, (APIConnectionError, APIResponseValidationError)):
             self.break_with(error)
 
     def break_with(self, error: BaseException) -> None:
@@ -331,8 +332,9 @@ class _FwdBwdBatch:
             bodies = encode()
         return cls(client, chunks, bodies, loss_fn, loss_fn_config, forward_only)
 
-    async def send_all(self, turn: _Turn) -> list[Response]:
-        """Send every chunk with its seq id (``turn.seq`` onwards), in the server's order."""
+    async def send_all(self, turn: _Turn) -> list[str]:
+        """Send every chunk with its seq id (``turn.seq`` onwards), in the server's order;
+        returns their request ids."""
         chunks = range(len(self.chunks))
         if len(self.chunks) > 1 and self.dialect.flag("parallel_fwdbwd_chunks"):
             # Like the official SDK: the rest first, concurrently, then the first chunk,
@@ -343,14 +345,14 @@ class _FwdBwdBatch:
             for outcome in rest:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            responses = [await self._send(0, turn),
-                         *(r for r in rest if isinstance(r, Response))]
+            request_ids = [await self._send(0, turn),
+                           *(r for r in rest if isinstance(r, str))]
         else:
-            responses = [await self._send(i, turn) for i in chunks]
+            request_ids = [await self._send(i, turn) for i in chunks]
         turn.used = len(self.chunks)
-        return responses
+        return request_ids
 
-    async def _send(self, i: int, turn: _Turn) -> Response:
+    async def _send(self, i: int, turn: _Turn) -> str:
         transport = self.service._transport
         seq = turn.seq + i
         if self.use_proto:
@@ -359,14 +361,14 @@ class _FwdBwdBatch:
             if self.compress:
                 payload = await asyncio.to_thread(_proto.compress, payload)
                 headers["Content-Encoding"] = "zstd"
-            resp = await transport.request("POST", "forward_backward", body=payload,
-                                           content_type=PROTOBUF, headers=headers)
+            request_id = await _admitted(transport, "forward_backward", body=payload,
+                                         content_type=PROTOBUF, headers=headers)
         else:
-            resp = await self._send_json(i, seq)
+            request_id = await self._send_json(i, seq)
         turn.accepted += 1
-        return resp
+        return request_id
 
-    async def _send_json(self, i: int, seq: int) -> Response:
+    async def _send_json(self, i: int, seq: int) -> str:
         transport = self.service._transport
         dialect = self.dialect
         endpoint = ("forward" if self.forward_only and dialect.separate_forward
@@ -378,25 +380,24 @@ class _FwdBwdBatch:
                                  forward_only, endpoint)
 
         try:
-            return await transport.request(
-                "POST", endpoint, json=body(self.forward_only, endpoint))
+            return await _admitted(transport, endpoint, json=body(self.forward_only, endpoint))
         except NotFoundError:
             if endpoint != "forward":
                 raise
         # No /forward here (nothing was applied): forward_backward can run a forward pass
         # alone; remember that once it worked.
-        resp = await transport.request("POST", "forward_backward",
-                                       json=body(True, "forward_backward"))
+        request_id = await _admitted(transport, "forward_backward",
+                                     json=body(True, "forward_backward"))
         dialect.lacks("separate_forward", "HTTP 404 at /forward")
-        return resp
+        return request_id
 
-    async def results(self, responses: list[Response], submitted: float
+    async def results(self, request_ids: list[str], submitted: float
                       ) -> t.ForwardBackwardOutput:
         """Wait for every chunk's result and combine them."""
         results = await asyncio.gather(*(
-            self.service._poller.result(_request_id(r), self.request_type, _decode_fb,
+            self.service._poller.result(request_id, self.request_type, _decode_fb,
                                         protobuf=self.use_proto, submitted_at=submitted)
-            for r in responses))
+            for request_id in request_ids))
         if len(results) == 1:
             return results[0]
         return _chunking.combine_forward_backward_outputs(results)
@@ -478,14 +479,15 @@ class TrainingClient:
     ) -> APIFuture[Any]:
         """Wait for ``ticket``'s turn, submit one JSON request, start polling its result."""
 
-        async def send(turn: _Turn) -> Response:
-            resp = await self._service._transport.request("POST", endpoint, json=build(turn.seq))
+        async def send(turn: _Turn) -> str:
+            request_id = await _admitted(self._service._transport, endpoint,
+                                         json=build(turn.seq))
             turn.used = 1
-            return resp
+            return request_id
 
         submitted = time.time()
-        resp = await self._at_turn(range(ticket, ticket + 1), send)
-        return self._poll(resp, request_type, decode, protobuf=False, submitted=submitted)
+        request_id = await self._at_turn(range(ticket, ticket + 1), send)
+        return self._poll(request_id, request_type, decode, protobuf=False, submitted=submitted)
 
     async def _at_turn(self, tickets: range, send: Callable[[_Turn], Awaitable[T]]) -> T:
         """The sequencing protocol of every queued call: wait for ``tickets``' turn (a
@@ -501,10 +503,9 @@ class TrainingClient:
         return await _shielded(submit())
 
     def _poll(
-        self, resp: Response, request_type: str, decode: Callable[[Response], Any],
+        self, request_id: str, request_type: str, decode: Callable[[Response], Any],
         *, protobuf: bool, submitted: float,
     ) -> APIFuture[Any]:
-        request_id = _request_id(resp)
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._service._poller.result(
             request_id, request_type, decode, protobuf=protobuf, submitted_at=submitted))
@@ -528,9 +529,9 @@ class TrainingClient:
                 self._seq.skip(ticket)
             raise
         submitted = time.time()
-        responses = await self._at_turn(tickets, batch.send_all)
+        request_ids = await self._at_turn(tickets, batch.send_all)
         loop = asyncio.get_running_loop()
-        return APIFuture._from_task(loop.create_task(batch.results(responses, submitted)), loop)
+        return APIFuture._from_task(loop.create_task(batch.results(request_ids, submitted)), loop)
 
     # -- queued operations --------------------------------------------------------------
 
@@ -908,8 +909,33 @@ def _request_id(resp: Response) -> str:
     data = resp.json()
     rid = data.get("request_id") if isinstance(data, dict) else None
     if not isinstance(rid, str) or not rid:
-        raise APIError(f"the server accepted the request but gave no request_id: {data!r}")
+        raise APIResponseValidationError(
+            f"the server accepted the request but gave no request_id: {data!r}")
     return rid
+
+
+#: times an admitted submit whose answer cannot be read is asked for again
+_UNREADABLE_RESENDS = 2
+
+
+async def _admitted(transport: Transport, endpoint: str, **kwargs: Any) -> str:
+    """POST a sequenced submit; return the request id the server gives for it.
+
+    An answer that cannot be read may still mean the server admitted the work: asking
+    again with the same seq id and idempotency key gets the same request id back (a
+    server never applies one seq id twice), so that is what happens, twice at most.
+    """
+    key = new_idempotency_key()
+    for resend in range(_UNREADABLE_RESENDS + 1):
+        resp = await transport.request("POST", endpoint, idempotency_key=key, **kwargs)
+        try:
+            return _request_id(resp)
+        except APIResponseValidationError as exc:
+            if resend == _UNREADABLE_RESENDS:
+                raise
+            log.warning("%s: the server's answer cannot be read (%s); asking again with the "
+                        "same seq id", endpoint, exc)
+    raise AssertionError("unreachable")
 
 
 def _custom_loss_gradients(

@@ -12,13 +12,12 @@ Middlewares, outermost first, on every request:
 1. ``_outer``: turns errors into ``{"detail": ...}`` bodies, stamps ``x-request-id`` on
    every response, and records the request (redacted) in the request log.
 2. ``_inject_faults``: applies the first fault rule that fires (before auth, so a fault on
-   a path hits every caller).
+   a path hits every caller; ``_faults.apply_fault`` says what each kind does).
 3. per surface, an auth middleware reading that surface's credential header.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -39,6 +38,7 @@ from . import (
 from ._auth import credential_from_headers
 from ._dialects import Surface
 from ._errors import ApiError, error_response, json_response, not_found
+from ._faults import DroppedConnection, apply_fault
 from ._recorder import RecordedRequest, redact
 from ._routing import CONTEXT_KEY, SURFACE_KEY, Route, ServerContext
 
@@ -56,10 +56,6 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
 """Every route of this module set; training and sampling routes get appended here."""
 
 
-class _DroppedConnection(Exception):
-    """A fault closed the connection: there is no response to send."""
-
-
 @web.middleware
 async def _outer(request: web.Request, handler: _AiohttpHandler) -> web.StreamResponse:
     ctx = request.app[CONTEXT_KEY]
@@ -74,7 +70,7 @@ async def _outer(request: web.Request, handler: _AiohttpHandler) -> web.StreamRe
             response = await handler(request)
         except ApiError as exc:
             response = exc.to_response()
-        except _DroppedConnection:
+        except DroppedConnection:
             # The transport is closed; aiohttp gives up writing this without noise.
             return web.Response(status=500)
         except web.HTTPException as exc:
@@ -108,20 +104,11 @@ async def _outer(request: web.Request, handler: _AiohttpHandler) -> web.StreamRe
 
 @web.middleware
 async def _inject_faults(request: web.Request, handler: _AiohttpHandler) -> web.StreamResponse:
-    fault = request.app[CONTEXT_KEY].faults.take(request.method, request.path)
+    faults = request.app[CONTEXT_KEY].faults
+    fault = faults.take(request.method, request.path)
     if fault is None:
         return await handler(request)
-    if fault.delay_s > 0:
-        await asyncio.sleep(fault.delay_s)
-    if fault.drop_connection:
-        if request.transport is not None:
-            request.transport.close()
-        raise _DroppedConnection
-    if fault.status is not None:
-        return json_response(
-            fault.response_body(), status=fault.status, headers=fault.response_headers()
-        )
-    return await handler(request)
+    return await apply_fault(faults, fault, request, handler)
 
 
 # What the API key itself opens on a server that requires JWTs: the official SDK sends the

@@ -1,5 +1,6 @@
 """``LocalServer``: runs the app on a loop (the caller's, or its own thread's) and offers
-thread-safe helpers to tests: seeding, futures, faults, session expiry and the request log.
+thread-safe helpers to tests: seeding, futures, faults, session expiry, the request log and
+the applied-seq ledger.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ._dialects import Dialect, resolve_dialect
 from ._faults import FaultInjector
 from ._files import FileSigner
 from ._futures import FutureFailure, FutureStore
+from ._ledger import Applied, ledger_of
 from ._recorder import RecordedRequest, RequestLog
 from ._routing import Route, ServerContext
 from ._state import KIND_TO_TYPE, ServerState
@@ -444,6 +446,21 @@ class LocalServer:
     def set_poll_hold(self, seconds: float) -> None:
         """How long ``retrieve_future(s)`` hold a pending poll before ``try_again``."""
         self.futures.poll_hold_s = max(0.0, float(seconds))
+
+    # ------------------------------------------------------------------------------- ledger
+
+    def ledger(self, model_id: str) -> list[Applied]:
+        """The training requests ``model_id`` applied, in order: ``(seq_id, kind, tag)``.
+
+        Only requests whose work succeeded are listed, once each (see ``_ledger``); compare
+        it with what a client reported to find steps applied twice or lost.
+        """
+        return ledger_of(self.context).entries(model_id)
+
+    def ledgers(self) -> dict[str, list[Applied]]:
+        """:meth:`ledger` of every model that applied something."""
+        book = ledger_of(self.context)
+        return {model_id: book.entries(model_id) for model_id in book.models()}
 
     # ---------------------------------------------------------------------------- request log
 

@@ -39,6 +39,7 @@ from ._age import AgeUnavailable, encrypt_files, parse_recipients
 from ._errors import ApiError, bad_request, json_response, unprocessable
 from ._futures import FutureFailure
 from ._inputs import datum_from_json, datum_from_sdk
+from ._ledger import TagHolder, applying, ledger_of, lr_tag
 from ._model import Adapter, ModelDatum, save_state
 from ._models import (
     ADAPTER_FILE,
@@ -165,11 +166,13 @@ def _submit(
     offload: bool = True,
     json_encoder: Callable[[Any], Any] | None = None,
     proto_encoder: Callable[[Any], bytes] | None = None,
+    tag: Callable[[], str | None] | None = None,
 ) -> web.Response:
     """Admit one sequenced request of a model and answer with its future.
 
     404 for an unknown model, 410 if its session is over, 400 for a read-only run (a
     ``copy_weights`` copy), 409 for a stale ``seq_id``; a retry gets the first request id.
+    Work that succeeds is written in the ledger (``_ledger``) with ``tag()``.
     """
     ctx = context(request)
     reg = registry(ctx)
@@ -184,7 +187,8 @@ def _submit(
         return _future_answer(earlier, model_id)
     ctx.state.touch_run(model_id)
     executor = reg.executor if offload else None
-    guarded = _as_user_error(lambda: op(model, seq))
+    guarded = applying(ledger_of(ctx), model_id, seq, kind,
+                       _as_user_error(lambda: op(model, seq)), tag)
 
     async def work() -> Any:
         return await model.sequencer.run(seq, guarded, executor=executor)
@@ -312,7 +316,9 @@ def _fb_op(
     loss_fn: str,
     loss_fn_config: Mapping[str, float | str] | None,
     forward_only: bool,
+    tags: TagHolder,
 ) -> Op:
+    convert = tags.wrap(convert, lambda datum: datum.tokens)  # the ledger's batch tag
     if loss_fn == "custom":  # an uploaded graph (create_custom_loss), run with torch
         return _custom_losses.custom_loss_op(ctx, convert, loss_fn_config, forward_only)
 
@@ -333,7 +339,8 @@ def _fb_kind(forward_only: bool) -> str:
 
 
 def _submit_fb(
-    request: web.Request, model_id: str, seq_id: int | None, op: Op, forward_only: bool
+    request: web.Request, model_id: str, seq_id: int | None, op: Op, forward_only: bool,
+    tags: TagHolder,
 ) -> web.Response:
     return _submit(
         request,
@@ -343,6 +350,7 @@ def _submit_fb(
         kind=_fb_kind(forward_only),
         json_encoder=forward_backward_json,
         proto_encoder=forward_backward_proto,
+        tag=tags.get,
     )
 
 
@@ -365,14 +373,16 @@ async def _protobuf_forward_backward(request: web.Request, forward_path: bool) -
         )
     data = parts.data
     forward_only = parts.forward_only or forward_path
+    tags = TagHolder()
     op = _fb_op(
         context(request),
         lambda: [datum_from_sdk(d, i) for i, d in enumerate(data)],
         parts.loss_fn,
         parts.loss_fn_config,
         forward_only,
+        tags,
     )
-    return _submit_fb(request, parts.model_id, parts.seq_id, op, forward_only)
+    return _submit_fb(request, parts.model_id, parts.seq_id, op, forward_only, tags)
 
 
 async def _json_forward_backward(request: web.Request, forward_path: bool) -> web.Response:
@@ -397,14 +407,16 @@ async def _json_forward_backward(request: web.Request, forward_path: bool) -> we
     if problem is not None:
         return _reject(request, body, fields, problem, kind=_fb_kind(forward_only))
     items = data or []
+    tags = TagHolder()
     op = _fb_op(
         ctx,
         lambda: [datum_from_json(d, i) for i, d in enumerate(items)],
         loss_fn,
         loss_fn_config,
         forward_only,
+        tags,
     )
-    return _submit_fb(request, model_id, seq_id, op, forward_only)
+    return _submit_fb(request, model_id, seq_id, op, forward_only, tags)
 
 
 async def forward_backward(request: web.Request) -> web.Response:
@@ -442,7 +454,8 @@ async def optim_step(request: web.Request) -> web.Response:
     def op(model: TrainedModel, seq: int) -> Any:
         return {"metrics": _model.optim_step(model.require_adapter(), params)}
 
-    return _submit(request, model_id, seq_id, op, kind="OptimStep")
+    return _submit(request, model_id, seq_id, op, kind="OptimStep",
+                   tag=lambda: lr_tag((params or {}).get("learning_rate")))
 
 
 # ----------------------------------------------------------------------------------- weights
@@ -483,7 +496,7 @@ async def save_weights(request: web.Request) -> web.Response:
         )
         return {"path": record.path(scheme), "type": "save_weights"}
 
-    return _submit(request, model_id, seq_id, op, kind="SaveWeights")
+    return _submit(request, model_id, seq_id, op, kind="SaveWeights", tag=lambda: name)
 
 
 async def save_weights_for_sampler(request: web.Request) -> web.Response:
@@ -520,7 +533,8 @@ async def save_weights_for_sampler(request: web.Request) -> web.Response:
             )
             return {"path": record.path(scheme), "type": "save_weights_for_sampler"}
 
-        return _submit(request, model_id, seq_id, save_named, kind="SaveWeightsForSampler")
+        return _submit(request, model_id, seq_id, save_named, kind="SaveWeightsForSampler",
+                       tag=lambda: name)
 
     assert sampling_seq is not None
 
@@ -586,7 +600,7 @@ async def save_weights_external(request: web.Request) -> web.Response:
             "type": "save_weights_external",
         }
 
-    return _submit(request, model_id, seq_id, op, kind="SaveWeightsExternal")
+    return _submit(request, model_id, seq_id, op, kind="SaveWeightsExternal", tag=lambda: name)
 
 
 def _maybe_encrypted(files: dict[str, bytes], recipients: list[Any]) -> dict[str, bytes]:
@@ -624,7 +638,7 @@ async def load_weights(request: web.Request) -> web.Response:
         model.load_error = None
         return {"path": path, "type": "load_weights"}
 
-    return _submit(request, model_id, seq_id, op, kind="LoadWeights")
+    return _submit(request, model_id, seq_id, op, kind="LoadWeights", tag=lambda: path)
 
 
 async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Response:
@@ -700,7 +714,8 @@ async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Re
             raise
         return {"model_id": run.training_run_id, "path": path, "type": "load_weights"}
 
-    guarded = _as_user_error(load)
+    guarded = applying(ledger_of(ctx), run.training_run_id, 0, "LoadWeights",
+                       _as_user_error(load), lambda: path)
     executor = reg.executor
 
     async def work() -> Any:
