@@ -88,8 +88,9 @@ def test_key_never_in_repr_or_pickle() -> None:
 def test_unpickled_config_reads_key_from_its_own_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     client = ServiceClient(base_url="http://127.0.0.1:9", api_key="tml-parent-key")
     data = pickle.dumps(client._transport.config)
-    with pytest.raises(ConfigurationError, match="TINKER_API_KEY"):
-        pickle.loads(data)
+    # Without a key here, unpickling works; the first request made with it fails instead
+    # (tests/test_multiprocessing.py shows that error).
+    assert pickle.loads(data).api_key.get() == ""
     monkeypatch.setenv("TINKER_API_KEY", "tml-child-key")
     assert pickle.loads(data).api_key.get() == "tml-child-key"
 

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
         ClientFuture,
     )
     from ._config import RetryPolicy
+    from ._configure import configure
     from ._download import DownloadedFile, DownloadError, DownloadResult
     from ._futures import QueueState
     from .custom_loss import LossHandle, PerDatumLossFn
@@ -116,6 +117,7 @@ _LAZY: dict[str, str] = {
     "BackcompatSamplingClientFuture": ".sampling",
     "BackcompatTrainingClientFuture": ".training",
     "RetryPolicy": "._config",
+    "configure": "._configure",
     "DownloadError": "._download",
     "DownloadResult": "._download",
     "DownloadedFile": "._download",
@@ -242,6 +244,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "auth",
+    "configure",
     "install_as_tinker",
     "types",
 ]

@@ -15,6 +15,12 @@ clock does not matter):
 - a 401 whose ``WWW-Authenticate`` says ``error="invalid_token"`` gets a new token and
   the request is replayed once (by the transport); a burst of such 401s exchanges once.
 
+A client copied into another process (unpickled, or made from a sampler handle) carries
+no credential: it is looked up in that process (``tinker_async.configure()``, the
+environment, a credential command) when the first request needs it, so a key given after
+the copy was made still serves it. With none there, that first request fails with a
+:class:`ConfigurationError` that says how to give one; unpickling itself never fails.
+
 The key may also come from ``TINKER_CREDENTIAL_CMD``: a shell command whose standard
 output is the credential, run again for every exchange (in its own process group, killed
 whole on timeout or cancel). It only works with servers in JWT mode, as in the official SDK.
@@ -37,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._config import KEY_CHARS, ClientConfig, Secret
+from ._config import KEY_CHARS, ClientConfig, Secret, check_api_key, credential_sources
 from ._loops import LoopLock
 from .errors import ConfigurationError
 
@@ -70,6 +76,8 @@ class Credentials:
 
     def __init__(self, config: ClientConfig, exchange: Exchange) -> None:
         self._exchange = exchange
+        self._base_url = config.base_url
+        self._dialect = config.dialect
         self._command = config.credential_cmd
         #: the credential sent before (or without) JWT mode: the key, or the command's output
         self._static: Secret | None = config.api_key if config.api_key.get() else None
@@ -99,11 +107,32 @@ class Credentials:
     def ready(self, wants_jwt: bool) -> bool:
         """Whether :meth:`current` can be sent as it is (the cheap check per request)."""
         if self._jwt is None:
+            if self._static is None and not self._command:
+                self._find_missing()  # before the transport's checks of the command
             return self._static is not None and not wants_jwt
         return time.time() < self._renew_at
 
+    def _find_missing(self) -> None:
+        """A copy made without a credential looks for one in this process now (it may have
+        been configured since), and fails the call if there is none."""
+        key, command = credential_sources(None, self._base_url, self._dialect)
+        if key:
+            self._static = Secret(check_api_key(key, self._base_url))
+        elif command:
+            self._command = command
+        else:
+            raise ConfigurationError(
+                "No API key in this process. Keys are never pickled or put in sampler "
+                "handles, so a client copied into a worker (multiprocessing, Ray) needs the "
+                "worker's own: set TINKER_API_KEY (or TINKER_CREDENTIAL_CMD) in its "
+                "environment (on Ray: ray.init(runtime_env={'env_vars': {'TINKER_API_KEY': "
+                "...}})), or call tinker_async.configure(api_key=...) in the worker before "
+                "this call.")
+
     async def prepare(self, wants_jwt: bool) -> None:
         """Make :meth:`current` right for the next request (see the module docstring)."""
+        if self._static is None and not self._command:
+            self._find_missing()
         if self._jwt is None:
             if wants_jwt:
                 await self.renew(rejected=None)

@@ -79,8 +79,8 @@ class Secret:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(
-            "API keys are never pickled; the unpickling process reads TINKER_API_KEY "
-            "from its own environment"
+            "API keys are never pickled; the unpickling process reads TINKER_API_KEY (or "
+            "TINKER_CREDENTIAL_CMD, or tinker_async.configure(api_key=...)) itself"
         )
 
 
@@ -169,14 +169,13 @@ class ClientConfig:
 
 
 def _unpickle_config(state: dict[str, Any]) -> ClientConfig:
+    # The key comes from this process (configure(), its environment, a credential
+    # command). With none yet, the config is made all the same: the first request made
+    # with it looks again and, still finding none, fails saying how to give one
+    # (``_auth.Credentials.prepare``). Unpickling never fails for a missing key.
     key, command = credential_sources(
         None, state["base_url"], state.get("dialect"), state.pop("credential_cmd", None))
-    if not key and not command:
-        raise ConfigurationError(
-            "This client was pickled without its API key (keys are never pickled). "
-            "Set TINKER_API_KEY in the environment of the process that unpickles it."
-        )
-    key = "" if command and not key else check_api_key(key or "", state["base_url"])
+    key = "" if not key else check_api_key(key, state["base_url"])
     return ClientConfig(api_key=Secret(key), credential_cmd=command, **state)
 
 
@@ -184,10 +183,13 @@ def credential_sources(
     api_key: str | None, base_url: str, dialect: str | None, command: str | None = None
 ) -> tuple[str | None, str | None]:
     """(key, credential command) in the official SDK's order, unchecked: the argument,
-    ``TINKER_API_KEY`` (or ``TWINKLE_SERVER_TOKEN``), ``command`` or
-    ``TINKER_CREDENTIAL_CMD``, then the default key stored by its CLI."""
+    the key given to ``tinker_async.configure()``, ``TINKER_API_KEY`` (or
+    ``TWINKLE_SERVER_TOKEN``), ``command`` or ``TINKER_CREDENTIAL_CMD``, then the default
+    key stored by its CLI."""
+    from ._configure import configured_api_key  # it imports this module
+
     key = api_key if api_key is not None else (
-        _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
+        configured_api_key() or _env("TINKER_API_KEY") or _env("TWINKLE_SERVER_TOKEN")
     )
     command = command or (None if key else _env("TINKER_CREDENTIAL_CMD"))
     if not key and not command:
@@ -328,7 +330,12 @@ def resolve_config(
         dialect = "twinkle"
     url = check_base_url(url)
     key, command = credential_sources(api_key, url, dialect, options.pop("credential_cmd", None))
-    key = "" if command and not key else check_api_key(key or "", url)
+    from ._configure import credentials_deferred  # it imports this module
+
+    if not key and not command and credentials_deferred():
+        key = ""  # a copy joining a session: its first call reports the missing key (_auth)
+    else:
+        key = "" if command and not key else check_api_key(key or "", url)
     max_retries = options.pop("max_retries", None)
     if max_retries is not None:
         if not isinstance(max_retries, int) or max_retries < 0:

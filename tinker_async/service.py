@@ -21,6 +21,7 @@ from . import _argcheck, _sync
 from . import custom_loss as _custom_loss
 from ._api_future import APIFuture
 from ._config import resolve_config
+from ._configure import deferred_credentials
 from ._dialect import make_dialect
 from ._futures import FuturePoller
 from ._loops import Home
@@ -173,8 +174,9 @@ class ServiceClient:
     ) -> ServiceClient:
         """A client joining an existing session (for unpickled SamplingClients and sampler
         handles): the server's flags come with it, so it skips the handshake."""
-        client = cls(base_url=base_url, dialect=dialect, route_prefix=route_prefix,
-                     default_headers_overrides=default_headers, api_key=api_key)
+        with deferred_credentials():  # a key given later in this process serves it too
+            client = cls(base_url=base_url, dialect=dialect, route_prefix=route_prefix,
+                         default_headers_overrides=default_headers, api_key=api_key)
         d = client._transport.dialect
         d.flags.update(flags)
         if has_client_config:
