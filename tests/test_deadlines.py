@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,16 +21,6 @@ PARAMS = tinker.SamplingParams(max_tokens=3, temperature=0.0)
 GUARD_S = 60  # hang guard only: every call below ends long before it
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def quick(fresh_server: LocalServer) -> AsyncIterator[tinker.ServiceClient]:
-    """A client with short limits: control calls 1 s, no sign of life for 0.5 s."""
-    async with tinker.ServiceClient(
-        base_url=fresh_server.url, api_key=fresh_server.api_key,
-        control_timeout=1.0, progress_timeout=0.5, timeout=5.0,
-    ) as svc:
-        yield svc
 
 
 async def test_a_control_call_to_a_silent_server_ends_with_its_limit_named(
@@ -58,14 +47,14 @@ async def test_a_control_call_to_a_silent_server_ends_with_its_limit_named(
 
 @pytest.mark.parametrize("route", ["retrieve_future", "retrieve_futures"])
 async def test_a_sample_fails_when_the_server_shows_no_sign_of_life(
-    quick: tinker.ServiceClient, fresh_server: LocalServer, route: str,
-    monkeypatch: pytest.MonkeyPatch,
+    fresh_server: LocalServer, route: str,
 ) -> None:
-    from tinker_async import _futures
-
     # Both ways of waiting: a held poll per sample, and the session's batch long-poll.
-    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", 0 if route == "retrieve_futures" else 99)
-    sc = await quick.create_sampling_client_async(base_model=MODEL)
+    direct = 0 if route == "retrieve_futures" else 99
+    svc = tinker.ServiceClient(base_url=fresh_server.url, api_key=fresh_server.api_key,
+                               progress_timeout=0.5,
+                               polling=tinker.PollTuning(direct_fetch_max=direct))
+    sc = await svc.create_sampling_client_async(base_model=MODEL)
     fresh_server.faults.add(rf"/{route}$", stall=True, count=None, delay_s=GUARD_S)
     with pytest.raises(tinker.APITimeoutError, match=r"(?i)no answer from the server .*"
                        r"progress_timeout"):
@@ -73,16 +62,16 @@ async def test_a_sample_fails_when_the_server_shows_no_sign_of_life(
     fresh_server.faults.clear()
     result = await asyncio.wait_for(sc.sample_async(PROMPT, 1, PARAMS), GUARD_S)
     assert len(result.sequences) == 1  # nothing stuck: the next sample goes through
+    await svc.close_async()
 
 
 async def test_call_timeout_bounds_a_sample_on_a_live_server(
-    fresh_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+    fresh_server: LocalServer,
 ) -> None:
-    from tinker_async import _futures
-
-    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", 0)  # wait on the batch long-poll
-    async with tinker.ServiceClient(base_url=fresh_server.url, api_key=fresh_server.api_key,
-                                    call_timeout=0.5) as svc:
+    async with tinker.ServiceClient(
+        base_url=fresh_server.url, api_key=fresh_server.api_key, call_timeout=0.5,
+        polling=tinker.PollTuning(direct_fetch_max=0),  # wait on the batch long-poll
+    ) as svc:
         sc = await svc.create_sampling_client_async(base_model=MODEL)
         # The server holds every long-poll: alive, but the sample never completes.
         fresh_server.faults.add(r"/retrieve_futures$", stall=True, count=None, delay_s=GUARD_S)

@@ -13,13 +13,12 @@ import base64
 import concurrent.futures
 import json
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 import tinker_async as tinker
-from tinker_async import _futures
 from tinker_async._config import RetryPolicy
 from tinker_async.local import LocalServer
 
@@ -219,12 +218,41 @@ async def test_429_on_asample_is_retried_with_the_same_seq_id(
     assert all(q.headers["X-Tinker-Sampling-Backpressure"] == "1" for q in asamples)
 
 
+SamplerMaker = Callable[..., Awaitable[tinker.SamplingClient]]
+
+
+@pytest.fixture
+async def tuned(fresh_server: LocalServer) -> AsyncIterator[SamplerMaker]:
+    """Makes a SamplingClient whose ServiceClient polls with ``PollTuning(**changes)``
+    (and other client options); they are closed after the test."""
+    services: list[tinker.ServiceClient] = []
+
+    async def make(*, progress_timeout: float | None = None,
+                   **changes: Any) -> tinker.SamplingClient:
+        svc = tinker.ServiceClient(base_url=fresh_server.url, api_key=fresh_server.api_key,
+                                   polling=tinker.PollTuning(**changes),
+                                   progress_timeout=progress_timeout)
+        services.append(svc)
+        return await svc.create_sampling_client_async(base_model=MODEL)
+
+    yield make
+    for svc in services:
+        await svc.close_async()
+
+
+#: a lone sample waits on the batch long-poll (light load normally fetches directly)
+BATCH_POLL = {"direct_fetch_max": 0}
+#: shorter waits than the defaults (8 poll retries up to 5 s apart, 1 s pauses), same
+#: behaviour, on the batch long-poll
+SHORT_OUTAGE_WAITS = {**BATCH_POLL, "outage_pause_s": 0.05,
+                      "poll_retry": RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.02)}
+
+
 @pytest.mark.parametrize("direct_max", [0, 4], ids=["batch-poll", "direct-fetch"])
 async def test_failed_sample_raises_request_failed_error(
-    sc: tinker.SamplingClient, fresh_server: LocalServer, direct_max: int,
-    monkeypatch: pytest.MonkeyPatch,
+    tuned: SamplerMaker, fresh_server: LocalServer, direct_max: int,
 ) -> None:
-    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", direct_max)
+    sc = await tuned(direct_fetch_max=direct_max)
     out_of_vocab = tinker.ModelInput.from_ints([1, 2, 100_000])
     with pytest.raises(tinker.RequestFailedError) as info:
         await sc.sample_async(out_of_vocab, 1, GREEDY)
@@ -237,12 +265,12 @@ async def test_failed_sample_raises_request_failed_error(
 
 
 @pytest.mark.parametrize("batch_poll", [True, False])
-async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", 0)  # a lone sample uses the mode
+async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool) -> None:
     config = {"sample_use_retrieve_futures": batch_poll}
     with LocalServer(api_key=api_key, client_config=config).in_thread() as srv:
-        async with tinker.ServiceClient(base_url=srv.url, api_key=api_key) as svc:
+        # A lone sample uses the server's mode.
+        async with tinker.ServiceClient(base_url=srv.url, api_key=api_key,
+                                        polling=tinker.PollTuning(**BATCH_POLL)) as svc:
             sc = await svc.create_sampling_client_async(base_model=MODEL)
             p = tinker.ModelInput.from_ints([72, 105, 32])
             srv.faults.add(r"/retrieve_future$", status=410, count=1)
@@ -257,14 +285,6 @@ async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool,
             assert len(asample_bodies(srv)) == 2 + 4
 
 
-@pytest.fixture
-def batch_poll_always(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Route even a lone sample through the batch long-poll (light load normally fetches
-    directly), for the tests of the long-poll itself."""
-    monkeypatch.setattr(_futures, "_DIRECT_FETCH_MAX", 0)
-    return monkeypatch
-
-
 async def test_light_load_fetches_directly(
     sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer
 ) -> None:
@@ -276,9 +296,9 @@ async def test_light_load_fetches_directly(
 
 
 async def test_malformed_batch_poll_answers_are_polled_again_then_fail_the_waiters(
-    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
-    batch_poll_always: pytest.MonkeyPatch,
+    tuned: SamplerMaker, prompt: tinker.ModelInput, fresh_server: LocalServer,
 ) -> None:
+    sc = await tuned(**BATCH_POLL)
     # One answer we cannot use: the poll (safe to repeat) is sent again.
     fresh_server.faults.add(r"/retrieve_futures$", status=200, body={"completions": [7],
                                                                       "cursor": 1})
@@ -295,21 +315,10 @@ async def test_malformed_batch_poll_answers_are_polled_again_then_fail_the_waite
     assert len(r.sequences) == 1
 
 
-@pytest.fixture
-def short_outage_waits(batch_poll_always: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Shorter waits than the defaults (8 poll retries up to 5 s apart, 1 s pauses), same
-    behaviour, on the batch long-poll."""
-    monkeypatch = batch_poll_always
-    monkeypatch.setattr(_futures, "_POLL_RETRY", RetryPolicy(max_retries=1, base_delay=0.01,
-                                                             max_delay=0.02))
-    monkeypatch.setattr(_futures, "_OUTAGE_PAUSE_S", 0.05)
-    return monkeypatch
-
-
 async def test_batch_poll_outlives_a_server_outage(
-    sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer,
-    short_outage_waits: pytest.MonkeyPatch,
+    tuned: SamplerMaker, prompt: tinker.ModelInput, fresh_server: LocalServer,
 ) -> None:
+    sc = await tuned(**SHORT_OUTAGE_WAITS)
     fresh_server.faults.add(r"/retrieve_futures$", status=503, count=6)
     r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
     assert len(r.sequences) == 1
@@ -319,20 +328,17 @@ async def test_batch_poll_outlives_a_server_outage(
 
 
 async def test_a_long_outage_fails_the_waiting_samples_instead_of_hanging(
-    fresh_server: LocalServer, short_outage_waits: pytest.MonkeyPatch,
+    tuned: SamplerMaker, prompt: tinker.ModelInput, fresh_server: LocalServer,
 ) -> None:
     # The default progress_timeout is 120 s; the behaviour is the same with a short one.
-    async with tinker.ServiceClient(base_url=fresh_server.url, api_key=fresh_server.api_key,
-                                    progress_timeout=0.3) as service:
-        sc = await service.create_sampling_client_async(base_model=MODEL)
-        prompt = tinker.ModelInput.from_ints([1, 2, 3])
-        rule = fresh_server.faults.add(r"/retrieve_futures$", status=503, count=None)
-        with pytest.raises(tinker.APITimeoutError, match="(?i)no answer from the "
-                           "server .*progress_timeout"):
-            await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
-        fresh_server.faults.remove(rule)
-        r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # the server is back
-        assert len(r.sequences) == 1
+    sc = await tuned(progress_timeout=0.3, **SHORT_OUTAGE_WAITS)
+    rule = fresh_server.faults.add(r"/retrieve_futures$", status=503, count=None)
+    with pytest.raises(tinker.APITimeoutError, match=r"(?i)no answer from the "
+                       r"server .*progress_timeout"):
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+    fresh_server.faults.remove(rule)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # the server is back
+    assert len(r.sequences) == 1
 
 
 # ------------------------------------------------------------------ polling and concurrency

@@ -53,7 +53,7 @@ async def test_an_unknown_certificate_is_refused_by_default(
 ) -> None:
     url, _ = https_server
     rest = tinker.RestClient(base_url=url, api_key="tml-test", max_retries=0)
-    with pytest.raises(tinker.APIConnectionError, match="(?i)certificate"):
+    with pytest.raises(tinker.APIConnectionError, match=r"(?i)certificate"):
         await asyncio.wait_for(rest.get_server_capabilities_async(), 30)
     await rest.close_async()
 

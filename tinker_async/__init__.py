@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         BlockingCallWarning,
         ClientFuture,
     )
-    from ._config import RetryPolicy
+    from ._config import PollTuning, RetryPolicy
     from ._configure import configure
     from ._download import DownloadedFile, DownloadError, DownloadResult
     from ._futures import QueueState
@@ -117,6 +117,7 @@ _LAZY: dict[str, str] = {
     "BackcompatSamplingClientFuture": ".sampling",
     "BackcompatTrainingClientFuture": ".training",
     "RetryPolicy": "._config",
+    "PollTuning": "._config",
     "configure": "._configure",
     "DownloadError": "._download",
     "DownloadResult": "._download",
@@ -216,6 +217,7 @@ __all__ = [
     "ParsedCheckpointTinkerPath",
     "PerDatumLossFn",
     "PermissionDeniedError",
+    "PollTuning",
     "PromptProvenanceSpan",
     "QueueState",
     "RateLimitError",

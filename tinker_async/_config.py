@@ -119,6 +119,37 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_retries=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class PollTuning:
+    """How pending results are waited for (``ServiceClient(polling=PollTuning(...))``).
+
+    The defaults suit the official service and the servers in ``interop/``; change them
+    to trade requests for latency, or in tests to force one way of waiting.
+    """
+
+    #: with at most this many samples of one sampling session in flight, each is fetched
+    #: with a held poll of its own (two round trips); above it they share the session's
+    #: batch long-poll (``retrieve_futures``, when the server offers it)
+    direct_fetch_max: int = 4
+    #: under load, the batch long-poll waits before it asks again, long enough (at the
+    #: rate completions arrive) to collect about this many per answer...
+    batch_target: int = 12
+    #: ...but within these bounds (seconds)
+    rearm_min_s: float = 0.005
+    rearm_max_s: float = 0.05
+    #: pause (seconds) between polls while the server cannot be reached
+    outage_pause_s: float = 1.0
+    #: how one poll request retries transport failures (patiently: the work is on the
+    #: server); the call's progress_timeout still bounds it
+    poll_retry: RetryPolicy = RetryPolicy(max_retries=8, base_delay=0.25, max_delay=5.0,
+                                          deadline=600.0)
+    #: per-request polls in flight at once, across a client family
+    max_concurrent_polls: int = 1024
+
+    def replace(self, **changes: Any) -> PollTuning:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class ClientConfig:
     """Resolved settings for one client (and the clients it creates)."""
@@ -139,6 +170,8 @@ class ClientConfig:
     progress_timeout: float = DEFAULT_PROGRESS_TIMEOUT
     #: a call still waiting after this long logs a WARNING (and again at each doubling)
     waiting_log_after: float = 60.0
+    #: how pending results are polled (:class:`PollTuning`)
+    polling: PollTuning = PollTuning()
     connection_limit: int = DEFAULT_CONNECTION_LIMIT
     default_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     dialect: str | None = None

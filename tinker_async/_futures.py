@@ -37,7 +37,7 @@ import msgspec
 
 from . import _budget
 from ._budget import Limit
-from ._config import RetryPolicy
+from ._config import PollTuning
 from ._loops import in_guest_run
 from ._transport import PROTOBUF, Response, Transport
 from .errors import (
@@ -58,21 +58,13 @@ __all__ = ["FuturePoller", "PromiseExpired", "QueueState", "QueueStateObserver"]
 log = logging.getLogger("tinker_async")
 T = TypeVar("T")
 
-#: Poll requests retry transport failures themselves, patiently: the work is on the server.
-_POLL_RETRY = RetryPolicy(max_retries=8, base_delay=0.25, max_delay=5.0, deadline=600.0)
 _FAST_ANSWER_S = 0.05  # a "not yet" faster than this means the server does not hold polls
 _MAX_IDLE_WAIT_S = 1.0
 _UNCLAIMED_LIMIT = 10_000
-_OUTAGE_PAUSE_S = 1.0
 #: answers that cannot be read in a row before a wait gives up (a poll is safe to repeat)
 _UNREADABLE_POLLS = 3
-#: with at most this many samples in flight, one held retrieve_future each is cheapest
-_DIRECT_FETCH_MAX = 4
-#: under load, re-arm the long-poll after a window sized (from the observed completion
-#: rate) to gather about _BATCH_TARGET completions per answer, within these bounds
-_BATCH_TARGET = 12
-_REARM_MIN_S = 0.005
-_REARM_MAX_S = 0.05
+# The tunable knobs (direct fetches, batch window, outage pause, poll retries) are
+# ``ClientConfig.polling`` (``_config.PollTuning``).
 
 
 class QueueState(enum.Enum):
@@ -156,11 +148,12 @@ def _failure(data: dict[str, Any], request_id: str) -> RequestFailedError:
     return RequestFailedError(message, request_id=request_id, category=category)
 
 
-def _transient(exc: BaseException) -> bool:
+def _transient(exc: BaseException, polling: PollTuning) -> bool:
     """An error that says the server is away for now, not that the poll is wrong."""
     if isinstance(exc, APIConnectionError):  # timeouts included
         return True
-    return isinstance(exc, APIStatusError) and _POLL_RETRY.should_retry_status(exc.status_code)
+    return (isinstance(exc, APIStatusError)
+            and polling.poll_retry.should_retry_status(exc.status_code))
 
 
 class _SessionLongPoll:
@@ -215,6 +208,7 @@ class _SessionLongPoll:
     async def _run(self) -> None:
         _budget.detach()  # serves every waiter, not the call that happened to start it
         transport = self.poller.transport
+        polling = transport.config.polling
         last_answer = cycle_start = time.monotonic()
         patience = _Patience(transport)
         unreadable = 0
@@ -228,7 +222,7 @@ class _SessionLongPoll:
             try:
                 resp = await transport.request(
                     "POST", "retrieve_futures", json=body,
-                    timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
+                    timeout=transport.config.poll_timeout, retry=polling.poll_retry,
                     ok_statuses=frozenset({408}), idempotency_key=False,
                     deadline=_progress_limit(transport, last_answer, len(self.waiters),
                                              "sample(s)"),
@@ -240,14 +234,14 @@ class _SessionLongPoll:
                 if isinstance(exc, RateLimitError):
                     last_answer = time.monotonic()  # throttled, but alive
                 away = time.monotonic() - last_answer
-                if _transient(exc) and away < transport.config.progress_timeout:
+                if _transient(exc, polling) and away < transport.config.progress_timeout:
                     # An outage outlasted the retries: the work is still on the server, so
                     # keep asking (as the official SDK does), but not forever: past the
                     # limit the waiters get the connection error instead of a hang.
                     log.info("retrieve_futures failed (%s); polling again", exc)
-                    await asyncio.sleep(_OUTAGE_PAUSE_S)
+                    await asyncio.sleep(polling.outage_pause_s)
                     continue
-                if _transient(exc):
+                if _transient(exc, polling):
                     # Fail these waiters, but not the session: a later sample polls afresh.
                     self._fail_all(exc if isinstance(exc, APITimeoutError) else APITimeoutError(
                         f"No answer from the server for {away:.0f} s while waiting for "
@@ -274,13 +268,14 @@ class _SessionLongPoll:
                 log.warning("an unreadable retrieve_futures answer (%s); polling again", exc)
                 continue
             unreadable = 0
-            if self.waiters and taken < _BATCH_TARGET:
+            if self.waiters and taken < polling.batch_target:
                 # Few completions per answer: wait long enough (at the rate they have been
-                # arriving) for the next answer to carry about _BATCH_TARGET of them.
+                # arriving) for the next answer to carry about batch_target of them.
                 now = time.monotonic()
                 rate = taken / max(now - cycle_start, 1e-3)
-                window = _BATCH_TARGET / rate if rate > 0 else _REARM_MAX_S
-                window = min(max(window, _REARM_MIN_S), _REARM_MAX_S) - (now - asked)
+                window = polling.batch_target / rate if rate > 0 else polling.rearm_max_s
+                window = (min(max(window, polling.rearm_min_s), polling.rearm_max_s)
+                          - (now - asked))
                 if window > 0:
                     await asyncio.sleep(window)
             cycle_start = asked
@@ -375,9 +370,9 @@ def _decoded(decode: Callable[[Response], T], outcome: Response, request_type: s
 class FuturePoller:
     """Resolves the server futures of one client family."""
 
-    def __init__(self, transport: Transport, max_concurrent_polls: int = 1024) -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.max_concurrent_polls = max_concurrent_polls
+        self.max_concurrent_polls = transport.config.polling.max_concurrent_polls
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
         self._guest_slots: asyncio.Semaphore | None = None
@@ -427,7 +422,8 @@ class FuturePoller:
             session.in_flight += 1
             # Light load: one held retrieve_future (two round trips in all, like the
             # official per-request path) costs less than long-poll plus fetch.
-            direct = session.in_flight <= _DIRECT_FETCH_MAX and session.failure is None
+            direct = (session.in_flight <= self.transport.config.polling.direct_fetch_max
+                      and session.failure is None)
             try:
                 if not direct:
                     try:
@@ -488,7 +484,8 @@ class FuturePoller:
                 self.polls_sent += 1
                 resp = await transport.request(
                     "POST", endpoint, json=body, headers=headers,
-                    timeout=transport.config.poll_timeout, retry=_POLL_RETRY,
+                    timeout=transport.config.poll_timeout,
+                    retry=transport.config.polling.poll_retry,
                     ok_statuses=frozenset({408, 410}), idempotency_key=False,
                     deadline=_progress_limit(transport, last_answer, request_type,
                                              request_id),

@@ -115,6 +115,7 @@ class ServiceClient:
         **kwargs: Any,
     ) -> None:
         retry = kwargs.pop("retry", None)
+        polling = kwargs.pop("polling", None)
         if kwargs:
             warnings.warn(
                 f"ServiceClient ignores unknown arguments: {', '.join(sorted(kwargs))}",
@@ -137,6 +138,7 @@ class ServiceClient:
             call_timeout=call_timeout,
             progress_timeout=progress_timeout,
             waiting_log_after=waiting_log_after,
+            polling=polling,
             default_headers=dict(default_headers_overrides or {}),
         )
         self._home = Home()
