@@ -28,6 +28,7 @@ import pytest
 from tinker_async import _proto as P
 from tinker_async import _proto_wire as W
 from tinker_async import types as T
+from tinker_async.local import _proto_server as PS
 
 tinker = pytest.importorskip("tinker")
 from tinker import types as OT  # noqa: E402
@@ -291,7 +292,7 @@ def test_request_matches_official(seed: int) -> None:
         if _max_map_len(spec) <= 1:
             assert ours == official.SerializeToString()
         # 4. our decoder reads the official bytes back into the same request
-        parts = P.decode_forward_backward_request(official.SerializeToString())
+        parts = PS.decode_forward_backward_request(official.SerializeToString())
         assert parts.model_id == spec["model_id"]
         assert parts.seq_id == (spec["seq_id"] or 0)
         assert parts.loss_fn == spec["loss_fn"]
@@ -333,7 +334,7 @@ def test_decoded_request_datums_match_official_inputs(seed: int) -> None:
     for _ in range(40):
         spec = _rand_request_spec(rng)
         official = _official_request(spec)
-        parts = P.decode_forward_backward_request(official.SerializeToString())
+        parts = PS.decode_forward_backward_request(official.SerializeToString())
         for datum, dspec in zip(parts.data, spec["data"], strict=True):
             expected = _build_datum(OT, dspec)
             assert len(datum.model_input.chunks) == len(expected.model_input.chunks)
@@ -505,7 +506,7 @@ def test_large_request_round_trips() -> None:
         )
     body = P.encode_forward_backward_request("m", 1, data, "cross_entropy")
     assert len(body) > 64 * 1024 * 16
-    back = P.decode_forward_backward_request(body).data
+    back = PS.decode_forward_backward_request(body).data
     assert [d.model_input.to_ints() for d in back] == [d.model_input.to_ints() for d in data]
     for got, sent in zip(back, data, strict=True):
         for name in ("target_tokens", "weights"):
@@ -611,12 +612,12 @@ def test_encode_forward_backward_output_read_by_official(seed: int) -> None:
     rng = np.random.default_rng(300 + seed)
     for _ in range(50):
         out = _rand_our_fbo(rng)
-        payload = P.encode_forward_backward_output(out)
+        payload = PS.encode_forward_backward_output(out)
         official = response_conv.deserialize_forward_backward_output(payload)
         _assert_fbo_equal(out, official)
         _assert_fbo_equal(P.decode_forward_backward_output(payload), official)
         # deterministic mode is byte-identical to the official deterministic serialization
-        det = P.encode_forward_backward_output(out, deterministic=True)
+        det = PS.encode_forward_backward_output(out, deterministic=True)
         assert det == pb.ForwardBackwardOutput.FromString(payload).SerializeToString(
             deterministic=True
         )
@@ -628,7 +629,7 @@ def test_encode_forward_backward_output_needs_the_same_fields_everywhere() -> No
         loss_fn_output_type="ArrayRecord", loss_fn_outputs=[{"a": td}, {"b": td}], metrics={}
     )
     with pytest.raises(ValueError, match="same fields"):
-        P.encode_forward_backward_output(out)
+        PS.encode_forward_backward_output(out)
 
 
 def test_forward_backward_output_widening_and_fallbacks() -> None:
@@ -769,7 +770,7 @@ def test_encode_sample_response_read_by_official(seed: int) -> None:
         original = _rand_official_sample_response(rng)
         decoded = response_conv.deserialize_sample_response(original.SerializeToString())
         ours = P.decode_sample_response(original.SerializeToString())
-        payload = P.encode_sample_response(ours)
+        payload = PS.encode_sample_response(ours)
         _assert_sample_response_equal(response_conv.deserialize_sample_response(payload), decoded)
         _assert_sample_response_equal(P.decode_sample_response(payload), decoded)
         assert payload == pb.SampleResponse.FromString(payload).SerializeToString()
@@ -865,8 +866,8 @@ def test_unknown_fields_groups_and_unpacked_repeats_are_read() -> None:
         (P.decode_forward_backward_output, b"\x08\x01", "loss_fn_output_type.*wire type 0"),
         (P.decode_sample_response, b"\x20\x01\x20", "truncated varint"),
         (P.decode_sample_response, b"\x22\x00", "prompt_cache_hit_tokens.*wire type 2"),
-        (P.decode_forward_backward_request, b"\x0a\x02\xff\xfe", "utf-8"),
-        (P.decode_forward_backward_request, b"\x18\x00", "data.*wire type 0"),
+        (PS.decode_forward_backward_request, b"\x0a\x02\xff\xfe", "utf-8"),
+        (PS.decode_forward_backward_request, b"\x18\x00", "data.*wire type 0"),
         (P.decode_forward_backward_output, b"\x0a\x05ab", "truncated length"),
         (P.decode_forward_backward_output, b"\x1a\x07\x0a\x01a\x11abc", "truncated fixed"),
         (P.decode_forward_backward_output, b"\x0a" + b"\xff" * 10 + b"\x01", "longer than 10"),
@@ -888,7 +889,7 @@ def _sample_payloads() -> Iterator[tuple[Callable[[bytes], Any], bytes]]:
     rng = np.random.default_rng(900)
     for _ in range(4):
         spec = _rand_request_spec(rng)
-        yield P.decode_forward_backward_request, _our_request_bytes(spec)
+        yield PS.decode_forward_backward_request, _our_request_bytes(spec)
         yield P.decode_forward_backward_output, _rand_official_fbo(rng).SerializeToString()
         yield P.decode_sample_response, _rand_official_sample_response(rng).SerializeToString()
 
@@ -933,11 +934,11 @@ def test_zstd_round_trip_and_official_bytes() -> None:
     zstd = pytest.importorskip("zstandard")
     body = P.encode_forward_backward_request("m", 1, [], "cross_entropy") * 100
     assert P.compress(body) == zstd.ZstdCompressor().compress(body)  # as resources/training.py
-    assert P.decompress(P.compress(body)) == body
+    assert PS.decompress(P.compress(body)) == body
     compressor = zstd.ZstdCompressor().compressobj()  # a frame without a content size
     streamed = compressor.compress(body) + compressor.flush()
-    assert P.decompress(streamed) == body
+    assert PS.decompress(streamed) == body
     with pytest.raises(ValueError, match="zstd"):
-        P.decompress(b"not zstd at all")
+        PS.decompress(b"not zstd at all")
     with pytest.raises(ValueError, match="more than"):
-        P.decompress(P.compress(body), max_output_size=10)
+        PS.decompress(P.compress(body), max_output_size=10)

@@ -39,9 +39,11 @@ from hypothesis import strategies as st
 
 from tinker_async import ServiceClient
 from tinker_async import _proto as P
+from tinker_async import _proto_schema as S
 from tinker_async import _proto_wire as W
 from tinker_async import types as T
 from tinker_async.errors import APIResponseValidationError, InvalidRequestError
+from tinker_async.local import _proto_server as PS
 from tinker_async.types import _wire
 
 zstandard = pytest.importorskip("zstandard")
@@ -130,7 +132,7 @@ FAMILIES: list[tuple[Callable[[int], bytes], Callable[[bytes], Any]]] = [
     (many_records, P.decode_forward_backward_output),
     (repeated_singular, P.decode_sample_response),
     (many_sequences, P.decode_sample_response),
-    (long_packed_shape_request, P.decode_forward_backward_request),
+    (long_packed_shape_request, PS.decode_forward_backward_request),
     (nested_unknown_groups, P.decode_sample_response),
 ]
 
@@ -236,7 +238,7 @@ def test_shapes_have_at_most_64_dimensions() -> None:
     with pytest.raises(P.ResponseDecodeError, match="65 dimensions"):
         P.decode_sample_response(long_tensor_shape(65))
     with pytest.raises(ValueError, match="65 dimensions"):
-        P.decode_forward_backward_request(long_packed_shape_request(65))
+        PS.decode_forward_backward_request(long_packed_shape_request(65))
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,29 +322,29 @@ def test_truncated_zstd_is_refused() -> None:
         zstandard.ZstdCompressor(write_checksum=True).compress(body),
         zstandard.ZstdCompressor(write_content_size=False).compress(body),
     ):
-        assert P.decompress(frame) == body
+        assert PS.decompress(frame) == body
         cuts = sorted({*range(0, 16), *range(len(frame) - 16, len(frame)),
                        *range(0, len(frame), max(1, len(frame) // 200))})
         for cut in cuts:
             with pytest.raises(ValueError, match="zstd"):
-                P.decompress(frame[:cut])
+                PS.decompress(frame[:cut])
 
 
 def test_zstd_frames_concatenated_or_skippable_are_read_whole() -> None:
     skippable = (0x184D2A53).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
-    assert P.decompress(skippable + P.compress(b"one") + P.compress(b"two")) == b"onetwo"
+    assert PS.decompress(skippable + P.compress(b"one") + P.compress(b"two")) == b"onetwo"
     stream = zstandard.ZstdCompressor().compressobj()
     body = _compressible(200_000)
-    assert P.decompress(stream.compress(body) + stream.flush()) == body
+    assert PS.decompress(stream.compress(body) + stream.flush()) == body
     for bad in (b"", b"not zstd at all", P.compress(b"x") + b"\x00", skippable[:-1]):
         with pytest.raises(ValueError, match="zstd"):
-            P.decompress(bad)
+            PS.decompress(bad)
 
 
 def test_zstd_output_is_capped() -> None:
     bomb = P.compress(bytes(10_000_000))
     with _peak_memory() as peak, pytest.raises(ValueError, match="more than 1000000 bytes"):
-        P.decompress(bomb, max_output_size=1_000_000)
+        PS.decompress(bomb, max_output_size=1_000_000)
     assert peak[0] < 8 * 1024 * 1024
 
 
@@ -599,22 +601,22 @@ def _check_decoder(
 
 
 @_FUZZ
-@given(_broken(P._FORWARD_BACKWARD_OUTPUT_MSG))
+@given(_broken(S.FORWARD_BACKWARD_OUTPUT))
 def test_fuzz_forward_backward_output(data: bytes) -> None:
     _check_decoder(P.decode_forward_backward_output, data, P.ResponseDecodeError,
                    _BARE_DATUMS_MEMORY)
 
 
 @_FUZZ
-@given(_broken(P._SAMPLE_RESPONSE_MSG))
+@given(_broken(S.SAMPLE_RESPONSE))
 def test_fuzz_sample_response(data: bytes) -> None:
     _check_decoder(P.decode_sample_response, data, P.ResponseDecodeError)
 
 
 @_FUZZ
-@given(_broken(P._FORWARD_BACKWARD_REQUEST_MSG))
+@given(_broken(S.FORWARD_BACKWARD_REQUEST))
 def test_fuzz_forward_backward_request(data: bytes) -> None:
-    _check_decoder(P.decode_forward_backward_request, data, ValueError)
+    _check_decoder(PS.decode_forward_backward_request, data, ValueError)
 
 
 @_FUZZ
@@ -623,12 +625,12 @@ def test_fuzz_decoders_on_raw_bytes(data: bytes) -> None:
     _check_decoder(P.decode_forward_backward_output, data, P.ResponseDecodeError,
                    _BARE_DATUMS_MEMORY)
     _check_decoder(P.decode_sample_response, data, P.ResponseDecodeError)
-    _check_decoder(P.decode_forward_backward_request, data, ValueError)
+    _check_decoder(PS.decode_forward_backward_request, data, ValueError)
 
 
 @_FUZZ
-@given(st.sampled_from([P._FORWARD_BACKWARD_OUTPUT_MSG, P._SAMPLE_RESPONSE_MSG,
-                        P._FORWARD_BACKWARD_REQUEST_MSG]).flatmap(
+@given(st.sampled_from([S.FORWARD_BACKWARD_OUTPUT, S.SAMPLE_RESPONSE,
+                        S.FORWARD_BACKWARD_REQUEST]).flatmap(
     lambda schema: st.tuples(st.just(schema), _broken(schema))))
 def test_fuzz_wire_decoder(case: tuple[W.Message, bytes]) -> None:
     schema, data = case
@@ -649,13 +651,13 @@ def test_fuzz_zstd(frame: bytes, how: str, where: int, junk: bytes) -> None:
             "splice": frame[:i] + junk + frame[i:], "raw": junk}[how]
     with _peak_memory() as peak:
         try:
-            P.decompress(data, max_output_size=1 << 20)
+            PS.decompress(data, max_output_size=1 << 20)
         except ValueError:
             pass
     assert peak[0] < 8 * 1024 * 1024
     if how == "truncate" and i < len(frame) and i not in _frame_ends(frame):
         with pytest.raises(ValueError):
-            P.decompress(data)
+            PS.decompress(data)
 
 
 def _frame_ends(data: bytes) -> set[int]:
@@ -767,7 +769,7 @@ def test_valid_results_still_decode() -> None:
                for n in rng.integers(0, 300, 64)]
     out = T.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs,
                                   metrics={"loss:sum": 1.5})
-    back = P.decode_forward_backward_output(P.encode_forward_backward_output(out))
+    back = P.decode_forward_backward_output(PS.encode_forward_backward_output(out))
     assert len(back.loss_fn_outputs) == 64
     for a, b in zip(outputs, back.loss_fn_outputs, strict=True):
         for name in a:

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 import tinker_async as tinker
-from tinker_async import _proto
-from tinker_async.local import LocalServer
+from tinker_async.local import LocalServer, _proto_server
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +49,7 @@ def wire_ops(srv: LocalServer, model_id: str) -> list[tuple[str, int | None, int
         if endpoint not in TRAIN_ENDPOINTS:
             continue
         if req.headers.get("Content-Type", "").startswith("application/x-protobuf"):
-            parts = _proto.decode_forward_backward_request(req.body)
+            parts = _proto_server.decode_forward_backward_request(req.body)
             mid, seq = parts.model_id, parts.seq_id
         else:
             body = json.loads(req.body)
@@ -177,7 +176,7 @@ async def test_numpy_token_chunks_train_and_sample_like_lists(
     second = await (await tc.forward_backward_async([as_array], "cross_entropy"))
     assert second.metrics["loss:sum"] == pytest.approx(first.metrics["loss:sum"])
     bodies = [r.body for r in fresh_server.requests if r.path.endswith("/forward_backward")]
-    sent = [_proto.decode_forward_backward_request(b).data[0] for b in bodies[-2:]]
+    sent = [_proto_server.decode_forward_backward_request(b).data[0] for b in bodies[-2:]]
     assert sent[0].model_input.to_ints() == sent[1].model_input.to_ints()
     sampler = await tc.save_weights_and_get_sampling_client_async("np-tokens")
     response = await sampler.sample_async(as_array.model_input, 1,

@@ -1,7 +1,7 @@
 """The numpy model's results -> response bodies, protobuf and JSON.
 
 Protobuf (what SDK 0.38 asks for with ``Accept: application/x-protobuf``) goes through
-``tinker_async._proto`` and the ``tinker_async.types`` dataclasses. JSON follows the shapes
+``._proto_server`` and the ``tinker_async.types`` dataclasses. JSON follows the shapes
 the older SDKs and the JSON-only servers use:
 
 - ``ForwardBackwardOutput``: ``{"loss_fn_output_type", "loss_fn_outputs": [{"logprobs":
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .. import _proto
 from .. import types as t
+from . import _proto_server
 from ._model import MASK_LOGPROB, ForwardBackwardResult, SampleResult
 
 __all__ = [
@@ -67,7 +67,7 @@ def forward_backward_proto(result: ForwardBackwardResult) -> bytes:
         ],
         metrics=dict(result.metrics),
     )
-    return _proto.encode_forward_backward_output(output)
+    return _proto_server.encode_forward_backward_output(output)
 
 
 # ------------------------------------------------------------------------------- sampling
@@ -109,7 +109,7 @@ def sample_response(result: SampleResult, sequence_ids: Sequence[str] | None) ->
 
 def sample_proto(result: SampleResult) -> bytes:
     """The protobuf ``SampleResponse`` (sequence ids are not on the wire)."""
-    return _proto.encode_sample_response(sample_response(result, None))
+    return _proto_server.encode_sample_response(sample_response(result, None))
 
 
 def _topk_lists(

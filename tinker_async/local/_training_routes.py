@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .. import _proto
 from . import _custom_losses, _model
+from . import _proto_server as _proto
 from ._age import AgeUnavailable, encrypt_files, parse_recipients
 from ._errors import ApiError, bad_request, json_response, unprocessable
 from ._futures import FutureFailure
