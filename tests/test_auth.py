@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import pickle
 import shlex
 import sys
@@ -17,8 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _waiting import wait_until, wait_until_async
 
 import tinker_async as tinker
+import tinker_async._auth
 from tinker_async import ConfigurationError, RestClient, ServiceClient
 from tinker_async.local import LocalServer
 
@@ -33,6 +36,31 @@ def jwt_server() -> Iterator[LocalServer]:
         yield srv
 
 
+class _Clock:
+    """The wall clock the library times JWT renewal by, moved by hand.
+
+    ``tinker_async._auth`` reads ``time.time()``; the tests give it this clock instead, so
+    that renewal points are reached by ``advance``, not by sleeping. The server keeps the
+    real clock, so its tokens (valid an hour) never expire under these tests.
+    """
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(tinker_async._auth, "time", fake)
+    return fake
+
+
 def _statuses(server: LocalServer, pattern: str) -> list[int | None]:
     return [r.status for r in server.requests if r.path.endswith(pattern)]
 
@@ -44,14 +72,14 @@ def _print_command(text: str, status: int = 0, stderr: str = "") -> str:
 
 def test_jwt_mode_exchanges_the_key_once_and_sends_the_jwt(jwt_server: LocalServer) -> None:
     with ServiceClient(base_url=jwt_server.url, api_key=KEY) as service:
-        sampler = service.create_sampling_client(base_model=MODEL).result(10)
+        sampler = service.create_sampling_client(base_model=MODEL).result(60)
         result = sampler.sample(tinker.ModelInput.from_ints([104, 105]), 1,
-                                tinker.SamplingParams(max_tokens=2)).result(30)
+                                tinker.SamplingParams(max_tokens=2)).result(60)
         assert len(result.sequences[0].tokens) == 2
         rest = service.create_rest_client()
-        assert rest.list_training_runs().result(10).training_runs == []
+        assert rest.list_training_runs().result(60).training_runs == []
         # whoami reads the JWT the server gave (the key itself is not a JWT).
-        assert rest.whoami().result(10).email == "local@localhost"
+        assert rest.whoami().result(60).email == "local@localhost"
     assert _statuses(jwt_server, "/auth/token") == [200]
     assert all(r.status is None or r.status < 400 for r in jwt_server.requests), [
         (r.path, r.status) for r in jwt_server.requests]
@@ -63,8 +91,8 @@ def test_a_client_without_the_handshake_learns_jwt_mode_from_a_401(
     # A bare RestClient sends no client/config: the server's 401 invalid_token makes it
     # exchange the key and replay the request, once; later requests carry the JWT.
     with RestClient(base_url=jwt_server.url, api_key=KEY) as rest:
-        assert rest.list_training_runs().result(10).training_runs == []
-        assert rest.list_training_runs().result(10).training_runs == []
+        assert rest.list_training_runs().result(60).training_runs == []
+        assert rest.list_training_runs().result(60).training_runs == []
     assert _statuses(jwt_server, "/training_runs") == [401, 200, 200]
     assert _statuses(jwt_server, "/auth/token") == [200]
 
@@ -72,30 +100,45 @@ def test_a_client_without_the_handshake_learns_jwt_mode_from_a_401(
 def test_a_401_without_jwt_mode_is_an_authentication_error(server: LocalServer) -> None:
     with RestClient(base_url=server.url, api_key="tml-wrong-key-0000") as rest:
         with pytest.raises(tinker.AuthenticationError, match="API key"):
-            rest.list_training_runs().result(10)
+            rest.list_training_runs().result(60)
 
 
-def test_jwt_is_renewed_before_it_expires() -> None:
-    with LocalServer(api_key=KEY, client_config={"pjwt_auth_enabled": True},
-                     require_jwt=True, jwt_ttl_s=4).in_thread() as server:
-        with ServiceClient(base_url=server.url, api_key=KEY) as service:
-            rest = service.create_rest_client()
-            service.connect().result(10)
-            deadline = time.monotonic() + 15
-            while len(_statuses(server, "/auth/token")) < 3 and time.monotonic() < deadline:
-                rest.list_training_runs().result(10)  # each must succeed, token old or new
-                time.sleep(0.25)
-        assert _statuses(server, "/auth/token") == [200, 200, 200]
-        assert 401 not in [r.status for r in server.requests]
+def test_jwt_is_renewed_before_it_expires(
+    jwt_server: LocalServer, clock: _Clock
+) -> None:
+    # Tokens live 3600 s: renewal is due at 45-55% of that (in the background), and
+    # requests wait for it only in the last minute. The client's clock is moved by hand.
+    with ServiceClient(base_url=jwt_server.url, api_key=KEY) as service:
+        rest = service.create_rest_client()
+        service.connect().result(60)  # token 1
+        # To see when the client holds token 2 (tokens minted in the same second are
+        # equal, so the token text cannot tell).
+        credentials = service._transport.credentials
+        clock.advance(1000)  # 28%: nothing to do
+        rest.list_training_runs().result(60)
+        assert len(_statuses(jwt_server, "/auth/token")) == 1
+        clock.advance(1000)  # 56%: renewal starts in the background; this request goes on
+        rest.list_training_runs().result(60)
+        # The renewal is done once the client holds token 2 (the server's count alone is
+        # not enough: the client may not have read the answer yet, and token 2's
+        # lifetime is timed from when it does).
+        wait_until(lambda: credentials._background is not None
+                   and credentials._background.done(), "the background renewal")
+        assert len(_statuses(jwt_server, "/auth/token")) == 2
+        clock.advance(3590)  # past token 2's last minute: the request waits for token 3
+        rest.list_training_runs().result(60)
+        assert len(_statuses(jwt_server, "/auth/token")) == 3
+    assert _statuses(jwt_server, "/auth/token") == [200, 200, 200]
+    assert 401 not in [r.status for r in jwt_server.requests]
 
 
 def test_a_revoked_jwt_is_replaced_and_the_request_replayed(jwt_server: LocalServer) -> None:
     with ServiceClient(base_url=jwt_server.url, api_key=KEY) as service:
-        service.connect().result(10)  # the handshake: JWT mode from the start
+        service.connect().result(60)  # the handshake: JWT mode from the start
         rest = service.create_rest_client()
-        rest.list_training_runs().result(10)
+        rest.list_training_runs().result(60)
         jwt_server.context.auth.revoke_tokens()
-        assert rest.list_training_runs().result(10).training_runs == []
+        assert rest.list_training_runs().result(60).training_runs == []
     runs = _statuses(jwt_server, "/training_runs")
     assert runs == [200, 401, 200]
     assert _statuses(jwt_server, "/auth/token") == [200, 200]
@@ -106,7 +149,7 @@ def test_credential_command_supplies_the_key(
 ) -> None:
     monkeypatch.setenv("TINKER_CREDENTIAL_CMD", _print_command(KEY))
     with ServiceClient(base_url=jwt_server.url) as service:
-        assert service.create_rest_client().list_training_runs().result(10).training_runs == []
+        assert service.create_rest_client().list_training_runs().result(60).training_runs == []
     assert _statuses(jwt_server, "/auth/token") == [200]
 
 
@@ -116,7 +159,7 @@ def test_credential_command_needs_a_jwt_server(
     monkeypatch.setenv("TINKER_CREDENTIAL_CMD", _print_command(api_key))
     with ServiceClient(base_url=server.url) as service:
         with pytest.raises(ConfigurationError, match="JWT mode"):
-            service.connect().result(10)
+            service.connect().result(60)
 
 
 def test_a_failing_credential_command_says_why_without_its_output(
@@ -126,7 +169,7 @@ def test_a_failing_credential_command_says_why_without_its_output(
                        _print_command("tml-half-printed-secret", status=3, stderr="vault locked"))
     with ServiceClient(base_url=jwt_server.url) as service:
         with pytest.raises(ConfigurationError, match=r"status 3.*vault locked") as info:
-            service.connect().result(10)
+            service.connect().result(60)
     assert "half-printed" not in str(info.value)
     assert jwt_server.requests == []
 
@@ -175,7 +218,7 @@ CHILD = """
 import base64, pickle
 import tinker_async as tinker
 sc = pickle.loads(base64.b64decode({blob!r}))
-r = sc.sample(tinker.ModelInput.from_ints([72, 105]), 1, tinker.SamplingParams(max_tokens=2)).result(30)
+r = sc.sample(tinker.ModelInput.from_ints([72, 105]), 1, tinker.SamplingParams(max_tokens=2)).result(60)
 print("TOKENS", len(r.sequences[0].tokens))
 """
 
@@ -184,7 +227,7 @@ def test_a_pickled_sampling_client_gets_its_own_jwt(
     jwt_server: LocalServer, run_script: Callable[..., str]
 ) -> None:
     with ServiceClient(base_url=jwt_server.url, api_key=KEY) as service:
-        sampler = service.create_sampling_client(base_model=MODEL).result(10)
+        sampler = service.create_sampling_client(base_model=MODEL).result(60)
         blob = pickle.dumps(sampler)
         assert KEY.encode() not in blob and b"eyJ" not in blob
         out = run_script(CHILD.format(blob=base64.b64encode(blob).decode()),
@@ -195,21 +238,47 @@ def test_a_pickled_sampling_client_gets_its_own_jwt(
     assert _statuses(jwt_server, "/client/config") == [200]
 
 
-def test_renewal_runs_in_the_background_while_the_token_is_valid() -> None:
-    # Tokens live 8 s: renewal is due after about 4 s, and requests wait for it only in
-    # the last 2 s. With auth/token failing from then on, requests go on with the token
-    # they have, and each failed renewal is retried later rather than on every request.
-    with LocalServer(api_key=KEY, client_config={"pjwt_auth_enabled": True},
-                     require_jwt=True, jwt_ttl_s=8).in_thread() as server:
-        with RestClient(base_url=server.url, api_key=KEY) as rest:
-            rest.list_training_runs().result(10)  # 401, exchange, replay
-            server.faults.add(r"/auth/token$", status=503, count=None)
-            time.sleep(4.6)
-            for _ in range(5):
-                assert rest.list_training_runs().result(10).training_runs == []
-        runs = _statuses(server, "/training_runs")
-        assert runs[0] == 401 and runs[1:] == [200] * 6
-        assert 1 <= _statuses(server, "/auth/token").count(503) <= 2  # retried, not per request
+def test_renewal_runs_in_the_background_while_the_token_is_valid(
+    jwt_server: LocalServer, clock: _Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tokens live 3600 s. With auth/token failing once renewal is due, requests go on with
+    # the token they have; a failed renewal is retried a minute later (not per request);
+    # requests wait for it in the token's last minute, and fail once it has expired.
+    def failed_renewals() -> int:
+        return _statuses(jwt_server, "/auth/token").count(503)
+
+    def renewal_failed(n: int) -> None:
+        wait_until(lambda: sum("renewing the JWT failed" in r.getMessage()
+                               for r in caplog.records) == n, f"failed renewal {n}")
+        # One round trip through the client's loop: the failed renewal has finished there
+        # (it set its retry time from the clock before this request could start).
+        assert rest.list_training_runs().result(60).training_runs == []
+
+    with caplog.at_level(logging.WARNING, logger="tinker_async"), \
+            RestClient(base_url=jwt_server.url, api_key=KEY, max_retries=0) as rest:
+        rest.list_training_runs().result(60)  # 401, exchange, replay: token 1
+        jwt_server.faults.add(r"/auth/token$", status=503, count=None)
+        clock.advance(2000)  # renewal due (45-55%)
+        for _ in range(5):
+            assert rest.list_training_runs().result(60).training_runs == []
+        renewal_failed(1)
+        assert failed_renewals() == 1  # one background attempt, not one per request
+        clock.advance(30)
+        assert rest.list_training_runs().result(60).training_runs == []
+        assert failed_renewals() == 1  # within the minute: not tried again
+        clock.advance(31)  # a minute after the failure: tried again, in the background
+        assert rest.list_training_runs().result(60).training_runs == []
+        renewal_failed(2)
+        assert failed_renewals() == 2
+        clock.advance(1500)  # the token's last minute: the request waits for a renewal,
+        assert rest.list_training_runs().result(60).training_runs == []  # which fails
+        assert failed_renewals() == 3  # and it goes on with the still-valid token
+        clock.advance(60)  # expired: the failed renewal is the request's error
+        with pytest.raises(tinker.InternalServerError):
+            rest.list_training_runs().result(60)
+        assert failed_renewals() == 4
+    runs = _statuses(jwt_server, "/training_runs")
+    assert runs[0] == 401 and runs[1:] == [200] * 11  # none sent once expired
 
 
 def test_a_failed_exchange_at_the_handshake_is_reported_as_such(
@@ -221,7 +290,7 @@ def test_a_failed_exchange_at_the_handshake_is_reported_as_such(
         monkeypatch.setenv("TINKER_CREDENTIAL_CMD", _print_command(KEY))
         with ServiceClient(base_url=server.url) as service:
             with pytest.raises(tinker.PermissionDeniedError, match="auth/token"):
-                service.connect().result(10)
+                service.connect().result(60)
 
 
 def test_credential_command_output_is_scrubbed_and_checked(
@@ -233,12 +302,12 @@ def test_credential_command_output_is_scrubbed_and_checked(
     monkeypatch.setenv("TINKER_CREDENTIAL_CMD", _print_command(secret))
     with ServiceClient(base_url=jwt_server.url) as service:
         with pytest.raises(tinker.BadRequestError) as info:
-            service.connect().result(10)
+            service.connect().result(60)
     assert secret not in str(info.value) and "***" in str(info.value)
     monkeypatch.setenv("TINKER_CREDENTIAL_CMD", _print_command(f"note: key follows\n{KEY}"))
     with ServiceClient(base_url=jwt_server.url) as service:
         with pytest.raises(ConfigurationError, match="credential alone") as bad:
-            service.connect().result(10)
+            service.connect().result(60)
     assert KEY not in str(bad.value)
 
 
@@ -253,30 +322,41 @@ def test_a_cancelled_credential_command_leaves_no_process(
     monkeypatch.setenv("TINKER_CREDENTIAL_CMD",
                        f"sleep 60 & echo $! > {shlex.quote(str(pid_file))}; wait")
 
+    def started() -> bool:
+        return pid_file.exists() and pid_file.read_text().endswith("\n")
+
     async def main() -> None:
         async with ServiceClient(base_url=jwt_server.url) as service:
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(service.connect_async(), 0.5)
+            connecting = asyncio.ensure_future(service.connect_async())
+            # Cancelled once the command runs (its child is up), however slow that is.
+            await wait_until_async(lambda: started() or connecting.done(), "the command")
+            assert not connecting.done()
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
 
     asyncio.run(main())
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def ended() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
+            return True
+        return False
+
+    try:
+        wait_until(ended, "the credential command's child to end (it was left running)")
+    except AssertionError:
         os.kill(pid, 9)
-        pytest.fail("the credential command's child was left running")
+        raise
 
 
 def test_copies_of_a_sampler_share_one_joining_client(jwt_server: LocalServer) -> None:
     with ServiceClient(base_url=jwt_server.url, api_key=KEY,
                        default_headers_overrides={"X-Team": "a",
                                                   "CF-Access-Client-Secret": "s3cr3t"}) as service:
-        sampler = service.create_sampling_client(base_model=MODEL).result(10)
+        sampler = service.create_sampling_client(base_model=MODEL).result(60)
         handle = sampler.get_sampler_handle()
         assert b"s3cr3t" not in pickle.dumps(sampler)
         assert "s3cr3t" not in base64.urlsafe_b64decode(handle).decode()
@@ -284,7 +364,7 @@ def test_copies_of_a_sampler_share_one_joining_client(jwt_server: LocalServer) -
                   for _ in range(3)]
         for copy in copies:
             copy.sample(tinker.ModelInput.from_ints([72]), 1,
-                        tinker.SamplingParams(max_tokens=1)).result(30)
+                        tinker.SamplingParams(max_tokens=1)).result(60)
     # The original's exchange, then one for all three copies (one client joined for them).
     assert _statuses(jwt_server, "/auth/token") == [200, 200]
     asamples = [r for r in jwt_server.requests if r.path.endswith("/asample")]
@@ -297,7 +377,7 @@ import base64, pickle
 import tinker_async as tinker
 sc = pickle.loads(base64.b64decode({blob!r}))
 try:
-    sc.sample(tinker.ModelInput.from_ints([72]), 1, tinker.SamplingParams(max_tokens=1)).result(30)
+    sc.sample(tinker.ModelInput.from_ints([72]), 1, tinker.SamplingParams(max_tokens=1)).result(60)
 except tinker.ConfigurationError as exc:
     print("REFUSED", exc)
 """
@@ -307,7 +387,7 @@ def test_a_copy_refuses_a_credential_command_on_a_server_without_jwt_mode(
     server: LocalServer, api_key: str, run_script: Callable[..., str]
 ) -> None:
     with ServiceClient(base_url=server.url, api_key=api_key) as service:
-        blob = pickle.dumps(service.create_sampling_client(base_model=MODEL).result(10))
+        blob = pickle.dumps(service.create_sampling_client(base_model=MODEL).result(60))
     out = run_script(COMMAND_CHILD.format(blob=base64.b64encode(blob).decode()),
                      env={"TINKER_CREDENTIAL_CMD": _print_command(api_key)})
     assert "REFUSED" in out and "JWT mode" in out, out

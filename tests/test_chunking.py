@@ -1,6 +1,7 @@
 """Chunk splitting and result merging, checked against the official SDK's own helpers.
 
-The official ones are only needed for the comparisons (``pytest.importorskip("tinker")``).
+The official SDK (Python 3.11+) is only needed for the comparisons: those tests take the
+``official`` fixture and skip without it; the rest run everywhere (Python 3.10 included).
 """
 
 from __future__ import annotations
@@ -22,17 +23,25 @@ from tinker_async._chunking import (
     split_datums,
 )
 
-tinker = pytest.importorskip("tinker")
-from tinker import types as OT  # noqa: E402
-from tinker.lib.chunked_fwdbwd_helpers import combine_fwd_bwd_output_results  # noqa: E402
-from tinker.lib.public_interfaces.training_client import TrainingClient  # noqa: E402
+
+@pytest.fixture(scope="module")
+def official() -> SimpleNamespace:
+    """The official SDK's types and chunking helpers (skips the test without the SDK)."""
+    pytest.importorskip("tinker")
+    from tinker import types
+    from tinker.lib.chunked_fwdbwd_helpers import combine_fwd_bwd_output_results
+    from tinker.lib.public_interfaces.training_client import TrainingClient
+
+    return SimpleNamespace(types=types, combine=combine_fwd_bwd_output_results,
+                           TrainingClient=TrainingClient)
+
 
 # ---------------------------------------------------------------------------------------
 # Splitting
 # ---------------------------------------------------------------------------------------
 
 
-def _rand_datum_pair(rng: np.random.Generator) -> tuple[Any, Any]:
+def _rand_datum_pair(rng: np.random.Generator, OT: Any) -> tuple[Any, Any]:
     """The same random datum as one of ours and one official one."""
     chunk_specs: list[tuple[str, Any]] = []
     for _ in range(int(rng.integers(0, 4))):
@@ -89,28 +98,32 @@ def _rand_datum_pair(rng: np.random.Generator) -> tuple[Any, Any]:
     return build(T), build(OT)
 
 
-def _official_split(data: list[Any], max_len: int, max_bytes: int) -> list[tuple[int, int]]:
+def _official_split(
+    official: SimpleNamespace, data: list[Any], max_len: int, max_bytes: int
+) -> list[tuple[int, int]]:
     holder = SimpleNamespace(
         _client_config=SimpleNamespace(
             fwdbwd_max_chunk_len=max_len, fwdbwd_max_chunk_bytes_count=max_bytes
         )
     )
-    chunks = TrainingClient._chunked_requests_generator(SimpleNamespace(holder=holder), data)  # type: ignore[arg-type]
+    chunks = official.TrainingClient._chunked_requests_generator(
+        SimpleNamespace(holder=holder), data)
     return [(len(c.data), c.estimated_bytes_count) for c in chunks]
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_split_matches_official(seed: int) -> None:
+def test_split_matches_official(official: SimpleNamespace, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for _ in range(25):
-        pairs = [_rand_datum_pair(rng) for _ in range(int(rng.choice([0, 1, 5, 40, 120])))]
+        pairs = [_rand_datum_pair(rng, official.types)
+                 for _ in range(int(rng.choice([0, 1, 5, 40, 120])))]
         ours_data = [p[0] for p in pairs]
         off_data = [p[1] for p in pairs]
         max_len = int(rng.choice([1, 3, 16, DEFAULT_MAX_CHUNK_LEN]))
         max_bytes = int(rng.choice([1, 10_000, 200_000, DEFAULT_MAX_CHUNK_BYTES]))
         ours = split_datums(ours_data, max_len, max_bytes)
         assert [(len(c.data), c.estimated_bytes) for c in ours] == _official_split(
-            off_data, max_len, max_bytes
+            official, off_data, max_len, max_bytes
         )
         assert [d for c in ours for d in c.data] == ours_data  # order kept, nothing lost
 
@@ -171,21 +184,21 @@ def _same_float(a: float, b: float) -> bool:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_merge_matches_official(seed: int) -> None:
+def test_merge_matches_official(official: SimpleNamespace, seed: int) -> None:
     rng = np.random.default_rng(10 + seed)
     for _ in range(50):
         state = rng.bit_generator.state
         ours_in = _rand_results(rng, T)
         rng.bit_generator.state = state  # the same random contents, as official types
-        off_in = _rand_results(rng, OT)
+        off_in = _rand_results(rng, official.types)
         ours = combine_forward_backward_outputs(ours_in)
-        official = combine_fwd_bwd_output_results(off_in)
-        assert ours.loss_fn_output_type == official.loss_fn_output_type
-        assert list(ours.metrics) == list(official.metrics)  # same keys, same order
-        for key, value in official.metrics.items():
+        theirs = official.combine(off_in)
+        assert ours.loss_fn_output_type == theirs.loss_fn_output_type
+        assert list(ours.metrics) == list(theirs.metrics)  # same keys, same order
+        for key, value in theirs.metrics.items():
             assert type(ours.metrics[key]) is type(value)
             assert _same_float(ours.metrics[key], value), key
-        assert len(ours.loss_fn_outputs) == len(official.loss_fn_outputs)
+        assert len(ours.loss_fn_outputs) == len(theirs.loss_fn_outputs)
         flat_in = [o for r in ours_in for o in r.loss_fn_outputs]
         assert all(a is b for a, b in zip(ours.loss_fn_outputs, flat_in, strict=True))
 
@@ -220,13 +233,17 @@ def test_merge_keys_without_one_colon_keep_the_first_value() -> None:
     ]
     merged = combine_forward_backward_outputs(results)
     assert merged.metrics == {"loss": 0.0, "a:b:mean": 10.0, "x:sum": 3.0}
-    official = [
-        OT.ForwardBackwardOutput(
+
+
+def test_official_merge_raises_on_keys_without_one_colon(official: SimpleNamespace) -> None:
+    """Why we differ above: the official helper refuses such keys outright."""
+    results = [
+        official.types.ForwardBackwardOutput(
             loss_fn_output_type="ArrayRecord", loss_fn_outputs=[{}], metrics={"loss": 1.0}
         )
     ]
     with pytest.raises(ValueError):
-        combine_fwd_bwd_output_results(official)
+        official.combine(results)
 
 
 def test_merge_mean_over_empty_chunks() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Callable
 
 SCRIPT = r'''
@@ -36,7 +37,13 @@ asyncio.run(main())
 def test_close_with_more_calls_in_flight_than_connections(run_script: Callable[..., str]) -> None:
     out = run_script(SCRIPT, timeout=120)
     outcomes = ast.literal_eval(out.split("OUTCOMES", 1)[1].strip().splitlines()[0])
-    assert set(outcomes) <= {"SampleResponse", "ClientClosedError"}, outcomes
+    expected = {"SampleResponse", "ClientClosedError"}
+    if sys.version_info < (3, 11):
+        # Python 3.10 has no Task.cancelling(): a call waiting for a connection when the
+        # pool closes cannot be told from one its caller cancelled (``_transport``'s
+        # ``_cancel_requested``), so it ends cancelled rather than closed.
+        expected.add("CancelledError")
+    assert set(outcomes) <= expected, outcomes
     assert sum(outcomes.values()) == 450
     assert "Traceback" not in out and "never retrieved" not in out, out
     assert "was ended by the server" not in out  # our own close is not a server's doing

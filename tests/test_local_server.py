@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from _waiting import HANG_GUARD_S
 from aiohttp import web
 
 from tinker_async.local import LocalServer
@@ -58,13 +59,13 @@ def with_http(
 
     async def main() -> _T:
         connector = aiohttp.TCPConnector(force_close=force_close)
-        timeout = aiohttp.ClientTimeout(total=15)
+        timeout = aiohttp.ClientTimeout(total=HANG_GUARD_S)  # hang guards only
         async with aiohttp.ClientSession(
             base_url=server.url, connector=connector, timeout=timeout
         ) as session:
             return await body(session)
 
-    return asyncio.run(asyncio.wait_for(main(), 25))
+    return asyncio.run(asyncio.wait_for(main(), 1.5 * HANG_GUARD_S))
 
 
 async def req(
@@ -157,7 +158,11 @@ def test_client_config_flags_are_configurable() -> None:
 
 
 def test_session_lifecycle_finish_and_expiry() -> None:
-    server = LocalServer(api_key=KEY, session_timeout_s=0.5)
+    # Expiry is the one thing here that needs time to pass. Only the keep-alive part has
+    # an upper bound (a gap between heartbeats must stay under the 1 s timeout; it is
+    # 0.1 s, a tenfold margin); the expiry part only waits at least the timeout.
+    timeout_s = 1.0
+    server = LocalServer(api_key=KEY, session_timeout_s=timeout_s)
     with server.in_thread():
 
         async def body(s: aiohttp.ClientSession) -> None:
@@ -187,10 +192,13 @@ def test_session_lifecycle_finish_and_expiry() -> None:
                 return status, data
 
             sid = await new_session()
-            # Heartbeats keep it alive well past the timeout.
-            for _ in range(5):
+            # Heartbeats keep it alive past the timeout.
+            started = time.monotonic()
+            for _ in range(100):  # bounded; about 12 beats
                 assert await heartbeat(sid) == (200, {"type": "session_heartbeat"})
-                await asyncio.sleep(0.2)
+                if time.monotonic() - started > 1.2 * timeout_s:
+                    break
+                await asyncio.sleep(timeout_s / 10)
             status, data, _ = await req(s, "GET", f"/api/v1/sessions/{sid}")
             assert data == {
                 "training_run_ids": [],
@@ -215,9 +223,10 @@ def test_session_lifecycle_finish_and_expiry() -> None:
                 "reason": {"type": "success"},
             }
 
-            # Without heartbeats a session expires.
+            # Without heartbeats a session expires (a lower bound: a slow machine only
+            # waits longer).
             idle = await new_session()
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(1.2 * timeout_s)
             status, data = await heartbeat(idle)
             assert status == 410 and "expired" in data["detail"]
 
@@ -236,7 +245,8 @@ def test_expired_session_expires_its_pending_futures() -> None:
         rid = server.create_future({"never": True}, delay_s=30, session_id=sid)
 
         async def body(s: aiohttp.ClientSession) -> None:
-            deadline = time.monotonic() + 5
+            # The reaper expires it after at least 0.3 s; the deadline is a hang guard.
+            deadline = time.monotonic() + HANG_GUARD_S
             status = 200
             while status == 200 and time.monotonic() < deadline:
                 status, data, _ = await req(
@@ -404,21 +414,18 @@ def test_fault_drop_connection_and_delay(srv: LocalServer) -> None:
 
 
 def test_retrieve_future_long_poll_is_woken_by_completion(srv: LocalServer) -> None:
-    srv.set_poll_hold(5.0)
-    rid = srv.create_future({"never": "on its own"}, delay_s=60)
+    # Held longer than the client waits: only a wake-up by the completion can answer it.
+    srv.set_poll_hold(10 * HANG_GUARD_S)
+    rid = srv.create_future({"never": "on its own"}, delay_s=10 * HANG_GUARD_S)
     timer = threading.Timer(0.3, srv.complete_future, args=(rid, {"ok": True}))
 
-    async def body(s: aiohttp.ClientSession) -> float:
-        started = time.monotonic()
+    async def body(s: aiohttp.ClientSession) -> None:
         timer.start()
         status, data, _ = await req(s, "POST", "/api/v1/retrieve_future", {"request_id": rid})
-        assert (status, data) == (200, {"ok": True})
-        return time.monotonic() - started
+        assert (status, data) == (200, {"ok": True})  # not try_again at the end of the hold
 
-    elapsed = with_http(srv, body)
-    timer.join(5)
-    # Answered right after completion (0.3 s), not at the end of the 5 s hold.
-    assert 0.25 <= elapsed < 2.0
+    with_http(srv, body)
+    timer.join(HANG_GUARD_S)
 
 
 def test_retrieve_future_answers(srv: LocalServer) -> None:
@@ -547,14 +554,15 @@ def test_retrieve_futures_session_long_poll_and_acks(srv: LocalServer) -> None:
         )
         assert (await req(s, "POST", "/api/v1/retrieve_future", {"request_id": ok}))[0] == 404
 
-        # A held poll is woken by the next completion.
+        # A held poll is woken by the next completion (held longer than the client waits,
+        # so only a wake-up can answer it).
+        srv.set_poll_hold(10 * HANG_GUARD_S)
         late = srv.create_future({"late": True}, delay_s=60, sampling_session_id=sampler_id)
         timer = threading.Timer(0.3, srv.complete_future, args=(late, {"late": True}))
-        started = time.monotonic()
         timer.start()
         status, data = await poll(prev_cursor=2)
-        timer.join(5)
-        assert time.monotonic() - started < 2.0
+        timer.join(HANG_GUARD_S)
+        srv.set_poll_hold(5.0)
         assert [c["request_id"] for c in data["completions"]] == [late] and data["cursor"] == 3
 
         status, data, _ = await req(
@@ -912,7 +920,7 @@ def test_async_context_manager_on_the_callers_loop() -> None:
                 assert await response.json() == {"direct": True}
         assert not server.running and not data_dir.exists()
 
-    asyncio.run(asyncio.wait_for(main(), 20))
+    asyncio.run(asyncio.wait_for(main(), HANG_GUARD_S))
 
 
 def test_cli_serves_until_interrupted() -> None:
@@ -924,8 +932,8 @@ def test_cli_serves_until_interrupted() -> None:
     )
     try:
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 20)
-        assert ready, "the server printed nothing within 20 s"
+        ready, _, _ = select.select([process.stdout], [], [], HANG_GUARD_S)
+        assert ready, f"the server printed nothing within {HANG_GUARD_S:g} s"
         line = process.stdout.readline()
         assert "listening on http://127.0.0.1:" in line, (
             process.stderr.read() if process.stderr else ""
@@ -936,10 +944,10 @@ def test_cli_serves_until_interrupted() -> None:
             async with aiohttp.ClientSession() as s, s.get(url + "/health") as response:
                 return response.status
 
-        assert asyncio.run(asyncio.wait_for(health(), 10)) == 200
+        assert asyncio.run(asyncio.wait_for(health(), HANG_GUARD_S)) == 200
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=HANG_GUARD_S) == 0
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(5)
+            process.wait(HANG_GUARD_S)
