@@ -5,13 +5,13 @@ DEMO_VENV := .venv-demo
 COMPAT_VENV := .venv-compat
 DOCS_VENV := .venv-docs
 
-.PHONY: demo test compat interop lint typecheck bench serve clean docs
+.PHONY: demo test compat interop lint typecheck bench serve clean docs soak
 
 $(TEST_VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TEST_VENV)/bin/python -m pip install -q -e '.[test]'
+	$(TEST_VENV)/bin/python -m pip install -q -e '.[test,ray]'
 	touch $@
 
 $(DOCS_VENV)/.installed: pyproject.toml
@@ -64,6 +64,11 @@ compat: $(COMPAT_VENV)/.installed
 ## against each; fails on a regression against interop/expected.json (see interop/README.md)
 interop:
 	bash interop/run.sh
+
+## soak: a long mixed training and sampling workload under injected faults; fails if the
+## server's ledger shows a lost or doubled step, or a call hung (see benchmarks/soak.py)
+soak: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m benchmarks.soak
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python scripts/gen_sync.py --check

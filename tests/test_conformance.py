@@ -236,6 +236,9 @@ OUR_EXTRA_PARAMS: dict[str, set[str]] = {
                                "connect_timeout", "max_retries", "heartbeat_interval",
                                "connection_limit", "control_timeout", "call_timeout",
                                "progress_timeout", "waiting_log_after"},
+    # admission control: a fixed concurrency limit for users who know their quota
+    "ServiceClient.create_sampling_client": {"max_concurrency"},
+    "ServiceClient.create_sampling_client_async": {"max_concurrency"},
     "RestClient.__init__": {"dialect", "route_prefix", "**options"},
     "AdminClient.__init__": {"dialect", "route_prefix", "**options"},
     "RestClient.export_session_trace": {"poll_interval", "timeout"},

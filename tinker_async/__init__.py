@@ -55,6 +55,7 @@ from .errors import (
 # time) load with the first client or type that needs them.
 if TYPE_CHECKING:
     from . import auth, types
+    from ._admission import AdaptiveLimiter, FixedLimiter, Limiter
     from ._api_future import (
         APIFuture,
         AwaitableConcurrentFuture,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from ._configure import configure
     from ._download import DownloadedFile, DownloadError, DownloadResult
     from ._futures import QueueState
+    from ._sampling_target import SamplingStats
     from .custom_loss import LossHandle, PerDatumLossFn
     from .paths import InvalidPathError
     from .rest import AdminClient, RestClient
@@ -118,6 +120,10 @@ _LAZY: dict[str, str] = {
     "BackcompatTrainingClientFuture": ".training",
     "RetryPolicy": "._config",
     "PollTuning": "._config",
+    "AdaptiveLimiter": "._admission",
+    "FixedLimiter": "._admission",
+    "Limiter": "._admission",
+    "SamplingStats": "._sampling_target",
     "configure": "._configure",
     "DownloadError": "._download",
     "DownloadResult": "._download",
@@ -174,6 +180,7 @@ __all__ = [
     "APITimeoutError",
     "AdamOptimizerConfig",
     "AdamParams",
+    "AdaptiveLimiter",
     "AdminClient",
     "AuthenticationError",
     "AwaitableConcurrentFuture",
@@ -197,6 +204,7 @@ __all__ = [
     "DownloadedFile",
     "EncodedTextChunk",
     "ExperimentalWarning",
+    "FixedLimiter",
     "ForwardBackwardOutput",
     "ImageAssetPointerChunk",
     "ImageChunk",
@@ -204,6 +212,7 @@ __all__ = [
     "InternalServerError",
     "InvalidPathError",
     "InvalidRequestError",
+    "Limiter",
     "LoraConfig",
     "LossFnType",
     "LossHandle",
@@ -231,6 +240,7 @@ __all__ = [
     "SampledSequence",
     "SamplingClient",
     "SamplingParams",
+    "SamplingStats",
     "ServiceClient",
     "SessionExpiredError",
     "StopReason",

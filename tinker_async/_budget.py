@@ -82,12 +82,14 @@ class Limit:
 class Budget:
     """The time limits of one call (see the module docstring)."""
 
-    __slots__ = ("started", "what", "work")
+    __slots__ = ("retries", "started", "what", "work")
 
     def __init__(self, what: str, work: bool) -> None:
         self.what = what
         self.work = work
         self.started = time.monotonic()
+        #: HTTP attempts retried within this call (read by the sampling stats)
+        self.retries = 0
 
     def limit(self, config: ClientConfig) -> Limit | None:
         """The whole-call limit under ``config`` (None: the call has none)."""

@@ -161,6 +161,7 @@ class _SessionLongPoll:
 
     def __init__(self, poller: FuturePoller, sampling_session_id: str, clone_id: int) -> None:
         self.poller = poller
+        self.sampling_session_id = sampling_session_id
         self.target = {
             "type": "sampling_session",
             "sampling_session_id": sampling_session_id,
@@ -268,7 +269,9 @@ class _SessionLongPoll:
                 log.warning("an unreadable retrieve_futures answer (%s); polling again", exc)
                 continue
             unreadable = 0
-            if self.waiters and taken < polling.batch_target:
+            urgent = self.poller.urgent
+            if (self.waiters and taken < polling.batch_target
+                    and not (urgent is not None and urgent(self.sampling_session_id))):
                 # Few completions per answer: wait long enough (at the rate they have been
                 # arriving) for the next answer to carry about batch_target of them.
                 now = time.monotonic()
@@ -378,6 +381,9 @@ class FuturePoller:
         self._guest_slots: asyncio.Semaphore | None = None
         self._sessions: dict[tuple[str, int], _SessionLongPoll] = {}
         self.polls_sent = 0
+        #: whether calls of a sampling session wait for slots (admission control): their
+        #: completions are then fetched at once instead of batched (see _SessionLongPoll)
+        self.urgent: Callable[[str], bool] | None = None
         transport.home.on_move(self._forget_loop_state)
 
     def _forget_loop_state(self) -> None:

@@ -94,6 +94,8 @@ class Attempts:
         """How long to wait before the next attempt; raises ``error`` if there is none."""
         policy = self.policy
         self.count += 1
+        if self.budget is not None:
+            self.budget.retries += 1
         if isinstance(error, RateLimitError):
             self.throttled += 1
             if self.throttled > policy.max_429_retries:

@@ -13,6 +13,14 @@ client instead and needs no key from the environment. A client carried across
 number comes from the server's ``join_sampling_session`` when it hands them out, else it
 is random. ``get_sampler_handle()`` / ``from_sampler_handle()`` do the same with a string
 in the official SDK's format.
+
+Admission control (:mod:`._admission`): samples beyond the target's current concurrency
+limit wait in a FIFO queue in the client; the limit adapts to the server's 429s, paused
+queue states and latency (or is fixed with ``max_concurrency``). A 429 is never an error
+by itself: the call waits (``Retry-After``) and resubmits with the same seq id and
+idempotency key, and fails only when the caller's own deadline (``call_timeout``) runs
+out, with a :class:`RateLimitError` that says how long it waited and what the server said.
+``stats()`` shows the queue, the limit and the counters; see :mod:`._sampling_target`.
 """
 
 from __future__ import annotations
@@ -26,23 +34,37 @@ import random
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _argcheck, _proto, _sync
+from . import _argcheck, _budget, _otel, _proto, _sync
 from . import types as t
+from ._admission import (
+    AdaptiveLimiter,
+    AdmissionTimeout,
+    FixedLimiter,
+    Limiter,
+    Outcome,
+    Permit,
+    Signal,
+)
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._config import RetryPolicy, credential_sources
 from ._futures import PromiseExpired, QueueState
 from ._loops import LoopLock
+from ._retrying import retry_after as _retry_after
 from ._sampler_handle import decode_handle, encode_handle, without_credentials
+from ._sampling_target import QueueStateCallback, SamplingStats, SamplingTarget
 from ._sync import homed
-from ._transport import Response
+from ._transport import Response, new_idempotency_key, status_error
 from ._validate import check_sampling
 from .errors import (
     APIError,
     APIResponseValidationError,
+    APITimeoutError,
     InvalidRequestError,
     NotFoundError,
+    RateLimitError,
     TinkerError,
 )
 from .telemetry import Telemetry
@@ -51,21 +73,25 @@ from .types import _wire
 if TYPE_CHECKING:
     from .service import ServiceClient
 
-__all__ = ["BackcompatSamplingClientFuture", "SamplingClient"]
+__all__ = ["BackcompatSamplingClientFuture", "SamplingClient", "SamplingStats", "service_stats"]
 
 log = logging.getLogger("tinker_async")
 
 _CLONE_BLOCK = 1_000_000_000
 _RESUBMITS_ON_EXPIRY = 3
-_ASAMPLE_HEADERS = {"X-Tinker-Sampling-Backpressure": "1"}
+#: times a submit whose answer cannot be read is asked for again (same seq id and key)
+_UNREADABLE_RESENDS = 2
+_BACKPRESSURE_HEADER = "X-Tinker-Sampling-Backpressure"
+#: a 429 on a submit comes back to the sampling code (admission control), not retried below
+_THROTTLE_STATUSES = frozenset({429})
 _cancels: set[asyncio.Task[None]] = set()
 
 
 @functools.lru_cache(maxsize=8)
 def _submit_retry(policy: RetryPolicy) -> RetryPolicy:
-    """The client's policy for submitting a sample: a busy server (429) is waited out for
-    up to an hour, as the official SDK's sampling RetryHandler does."""
-    return policy.replace(max_429_retries=1000, deadline=3600.0)
+    """The client's policy for submitting a sample: other failures as configured; 429s
+    are answered by the admission loop itself (``_THROTTLE_STATUSES``)."""
+    return policy.replace(deadline=3600.0)
 
 
 _QUEUE_STATE_LOG_INTERVAL_S = 60.0
@@ -95,8 +121,64 @@ def _decode_sample(resp: Response) -> t.SampleResponse:
     return _wire.decode_sample_response_json(resp.body)
 
 
+class _Throttled:
+    """A submit the server refused with a 429 (what to wait before going again)."""
+
+    __slots__ = ("retry_after",)
+
+    def __init__(self, retry_after: float | None) -> None:
+        self.retry_after = retry_after
+
+
+class _AdmissionDeadline(RateLimitError):
+    """A RateLimitError raised because the caller's deadline ran out while rate limited."""
+
+
+#: the admission state of each ServiceClient's sampling sessions in this process
+_targets: weakref.WeakKeyDictionary[ServiceClient, dict[str, SamplingTarget]] = (
+    weakref.WeakKeyDictionary())
+_targets_lock = threading.Lock()
+
+
+def _target_of(service: ServiceClient, sampling_session_id: str) -> SamplingTarget:
+    with _targets_lock:
+        by_session = _targets.get(service)
+        if by_session is None:
+            by_session = _targets[service] = {}
+            # Calls waiting for admission wait for these results to free slots: the poller
+            # then fetches completions at once rather than batching them (FuturePoller.urgent).
+            service._poller.urgent = _admission_waiting(by_session)
+        target = by_session.get(sampling_session_id)
+        if target is None:
+            target = by_session[sampling_session_id] = SamplingTarget(sampling_session_id)
+        return target
+
+
+def _admission_waiting(by_session: dict[str, SamplingTarget]) -> Callable[[str], bool]:
+    def urgent(sampling_session_id: str) -> bool:
+        """Whether calls of this sampling session wait in the admission queue."""
+        target = by_session.get(sampling_session_id)
+        return target is not None and target.limiter.queued > 0
+
+    return urgent
+
+
+def service_stats(service: ServiceClient) -> SamplingStats:
+    """The sampling stats of every sampler of ``service`` in this process, added up
+    (latency percentiles over all their recent samples)."""
+    with _targets_lock:
+        targets = list(_targets.get(service, {}).values())
+    latencies = [value for target in targets for value in target.latencies()]
+    return SamplingStats.combine([target.stats() for target in targets], latencies)
+
+
 class SamplingClient:
-    """Samples from one sampling session. Made by ServiceClient or TrainingClient."""
+    """Samples from one sampling session. Made by ServiceClient or TrainingClient.
+
+    Admission control: ``max_concurrency`` fixes the sampler's concurrency limit (else it
+    adapts to the server), ``limiter`` plugs in another :class:`Limiter`, and
+    ``on_queue_state(state, reason)`` hears each change of the sampler's queue state.
+    """
 
     def __init__(
         self,
@@ -107,6 +189,9 @@ class SamplingClient:
         model_path: str | None = None,
         record_stability_info: bool = False,
         clone_id: int = 0,
+        max_concurrency: int | None = None,
+        limiter: Limiter | None = None,
+        on_queue_state: QueueStateCallback | None = None,
     ) -> None:
         self._service = service
         self._home = service._home
@@ -122,8 +207,16 @@ class SamplingClient:
         #: a copy's comes from the server where it hands them out, else from random)
         self._settled_pid: int | None = os.getpid() if clone_id == 0 else None
         self._join_lock = LoopLock()
-        self._queue_state = QueueState.ACTIVE
+        #: the pause the official hook last logged, and when
+        self._hook_state = QueueState.ACTIVE
         self._queue_state_logged_at: float | None = None
+        self._queue_state_callback: QueueStateCallback | None = on_queue_state
+        self._admission = _target_of(service, sampling_session_id)
+        self._admission.clients.add(self)
+        if limiter is not None:
+            self.set_limiter(limiter)
+        elif max_concurrency is not None:
+            self.set_max_concurrency(max_concurrency)
 
     @staticmethod
     def create(
@@ -330,26 +423,162 @@ class SamplingClient:
                           prompt_alt_tokens_k, prompt_logprobs_last_n)
         seq, clone = self._take_seq()
         body["seq_id"] = seq
-        response = None
-        if self._service._transport.dialect.sync_sample:
-            response = await self._sample_blocking(body)
-        if response is None:
-            response = await self._submit_and_wait(body, clone)
+        response = await self._sample_admitted(body, clone)
         if prompt_alt_tokens_k and response.prompt_alt_tokens is None:
             raise RuntimeError("the server ignored prompt_alt_tokens_k (it may predate it)")
         return response
 
-    async def _sample_blocking(self, body: dict[str, Any]) -> t.SampleResponse | None:
+    # -- admission control (see _admission and _sampling_target) -------------------------
+
+    async def _sample_admitted(self, body: dict[str, Any], clone: int) -> t.SampleResponse:
+        """One sample under the target's admission control. A 429 gives the slot back;
+        the call waits (Retry-After) and goes again at the head of the queue, with the
+        same seq id and idempotency key, until it is served or its deadline runs out."""
+        target = self._admission
+        limiter = target.limiter  # calls finish under the limiter they started with
+        called = time.monotonic()
+        budget = _budget.current()
+        deadline = None if budget is None else budget.limit(self._service._transport.config)
+        otel = _otel.get()
+        span = None
+        if otel is not None and otel.active:
+            span = otel.start_span(target.otel_attributes())
+        headers = {_BACKPRESSURE_HEADER: "1", "X-Idempotency-Key": new_idempotency_key()}
+        throttles = 0
+        waited = 0.0
+        duration: float | None = None
+        error: BaseException | None = None
+        try:
+            while True:
+                permit = await self._admit(limiter, target, called, deadline, throttles > 0)
+                if not throttles:
+                    waited = permit.granted_at - called
+                    target.admitted_after(waited)
+                try:
+                    result = await self._submit(body, clone, headers, target, limiter, permit)
+                except BaseException as exc:
+                    limiter.release(permit, Outcome.CANCELLED if isinstance(
+                        exc, asyncio.CancelledError) else Outcome.FAILED)
+                    raise
+                if isinstance(result, _Throttled):
+                    limiter.release(permit, Outcome.THROTTLED)
+                    throttles += 1
+                    await self._wait_out(result, limiter, target, called, deadline, throttles)
+                    continue
+                duration = time.monotonic() - permit.granted_at
+                limiter.release(permit, Outcome.OK)
+                target.record_latency(duration)
+                return result
+        except asyncio.CancelledError as exc:
+            error = exc
+            raise
+        except BaseException as exc:
+            error = exc
+            target.failed += 1
+            if isinstance(exc, (APITimeoutError, _AdmissionDeadline)):
+                target.timeouts += 1
+            raise
+        finally:
+            retried = 0 if budget is None else budget.retries  # HTTP retries in this call
+            if retried:
+                target.retries += retried
+            if otel is not None and (span is not None or otel.active):
+                outcome = ("ok" if error is None else "cancelled"
+                           if isinstance(error, asyncio.CancelledError) else "failed")
+                otel.finish(span, target.otel_attributes(), outcome, waited, duration,
+                            throttles, error if outcome == "failed" else None)
+
+    async def _admit(self, limiter: Limiter, target: SamplingTarget, called: float,
+                     deadline: _budget.Limit | None, first: bool) -> Permit:
+        """Wait for admission, up to the call's own deadline."""
+        timeout = None if deadline is None else deadline.at - time.monotonic()
+        try:
+            return await limiter.acquire(timeout, first=first)
+        except AdmissionTimeout:
+            raise self._deadline_error(limiter, target, called, deadline) from None
+
+    async def _wait_out(self, throttle: _Throttled, limiter: Limiter, target: SamplingTarget,
+                        called: float, deadline: _budget.Limit | None, throttles: int) -> None:
+        """Sleep before resubmitting a refused sample: Retry-After, else a backoff."""
+        delay = throttle.retry_after
+        if delay is None:
+            policy = self._service._transport.config.retry
+            delay = random.uniform(
+                0.0, min(policy.max_delay, policy.base_delay * 2.0 ** min(throttles - 1, 16)))
+        if deadline is not None and time.monotonic() + delay >= deadline.at:
+            raise self._deadline_error(limiter, target, called, deadline)
+        target.retries += 1
+        await asyncio.sleep(delay)
+
+    def _deadline_error(self, limiter: Limiter, target: SamplingTarget, called: float,
+                        deadline: _budget.Limit | None) -> _AdmissionDeadline:
+        waited = time.monotonic() - called
+        if target.last_refusal is None or target.last_refusal_at is None:
+            said = "the server has not refused or paused any call of this sampler"
+        else:
+            ago = time.monotonic() - target.last_refusal_at
+            said = f"the server last said ({ago:.1f} s ago): {target.last_refusal}"
+        reason = deadline.reason if deadline is not None else "its deadline ran out"
+        option = deadline.option if deadline is not None else "call_timeout"
+        transport = self._service._transport
+        return _AdmissionDeadline(
+            f"sample on sampler {self.sampling_session_id} gave up after {waited:.1f} s "
+            f"waiting to be served (rate limited: {limiter.in_flight} in flight, "
+            f"{limiter.queued} queued in the client, limit {limiter.limit}): {reason}; "
+            f"{said}. Allow more time ({option}=...), send fewer samples at once, or set "
+            f"max_concurrency to your quota if you know it.",
+            status_code=429, method="POST", url=transport.url("asample"))
+
+    def _throttled(self, resp: Response, endpoint: str, target: SamplingTarget) -> _Throttled:
+        """Record a 429 on a submit: what the server said, and the target is paused."""
+        transport = self._service._transport
+        error = status_error(resp.status, resp.body, resp.headers, method="POST",
+                             url=transport.url(endpoint), scrub=transport.credentials.secrets())
+        retry_after = _retry_after(resp.headers, transport.config.retry.retry_after_cap)
+        data = error.body if isinstance(error.body, dict) else {}
+        try:
+            state = QueueState(data.get("queue_state", QueueState.PAUSED_RATE_LIMIT.value))
+        except ValueError:
+            state = QueueState.PAUSED_RATE_LIMIT
+        if state is QueueState.ACTIVE:
+            state = QueueState.PAUSED_RATE_LIMIT
+        reason = data.get("queue_state_reason")
+        if not isinstance(reason, str) or not reason:
+            reason = _PAUSE_REASONS.get(state, "the server answered 429")
+        target.rate_limited += 1
+        target.refused(f"{error}" + (f" (Retry-After {retry_after:g} s)"
+                                     if retry_after is not None else ""))
+        target.paused(state, reason, None)
+        return _Throttled(retry_after)
+
+    async def _submit(self, body: dict[str, Any], clone: int, headers: dict[str, str],
+                      target: SamplingTarget, limiter: Limiter, permit: Permit,
+                      ) -> t.SampleResponse | _Throttled:
+        self._service._check_open()
+        if self._service._transport.dialect.sync_sample:
+            answer = await self._sample_blocking(body, headers, target)
+            if answer is not None:
+                return answer
+        return await self._submit_and_wait(body, clone, headers, target, limiter, permit)
+
+    async def _sample_blocking(self, body: dict[str, Any], headers: dict[str, str],
+                               target: SamplingTarget) -> t.SampleResponse | _Throttled | None:
         """A server's blocking ``POST sample`` (tinkercloud): the answer is the result.
         None if the server has no such route (then the future-based ``asample`` is used)."""
         transport = self._service._transport
+        target.requests += 1
         try:
             resp = await transport.request(
-                "POST", "sample", json=body, retry=_submit_retry(transport.config.retry),
+                "POST", "sample", json=body, headers=headers, idempotency_key=False,
+                retry=_submit_retry(transport.config.retry), ok_statuses=_THROTTLE_STATUSES,
                 timeout=_SYNC_SAMPLE_TIMEOUT_S)
         except NotFoundError as exc:
             transport.dialect.lacks("sync_sample", exc)
             return None
+        if resp.status in _THROTTLE_STATUSES:
+            return self._throttled(resp, "sample", target)
+        if target.state is not QueueState.ACTIVE:
+            target.active(self)
         try:
             return _decode_sample(resp)
         except TinkerError:
@@ -358,30 +587,55 @@ class SamplingClient:
             raise APIResponseValidationError(
                 f"The server's sample result cannot be decoded: {exc}") from exc
 
-    async def _submit_and_wait(self, body: dict[str, Any], clone: int) -> t.SampleResponse:
+    async def _submit_and_wait(self, body: dict[str, Any], clone: int, headers: dict[str, str],
+                               target: SamplingTarget, limiter: Limiter, permit: Permit,
+                               ) -> t.SampleResponse | _Throttled:
         service = self._service
         transport = service._transport
         use_proto = transport.dialect.protobuf
-        for attempt in range(_RESUBMITS_ON_EXPIRY + 1):
+        expired = unreadable = 0
+        while True:
             submitted = time.time()
+            target.requests += 1
             resp = await transport.request(
-                "POST", "asample", json=body, headers=_ASAMPLE_HEADERS,
-                retry=_submit_retry(transport.config.retry),
+                "POST", "asample", json=body, headers=headers, idempotency_key=False,
+                retry=_submit_retry(transport.config.retry), ok_statuses=_THROTTLE_STATUSES,
             )
-            data = resp.json()
-            request_id = data.get("request_id") if isinstance(data, dict) else None
-            if not isinstance(request_id, str):
-                raise APIError(f"asample answered without a request_id: {data!r}")
+            if resp.status in _THROTTLE_STATUSES:
+                return self._throttled(resp, "asample", target)
+            try:
+                data = resp.json()
+                request_id = data.get("request_id") if isinstance(data, dict) else None
+                if not isinstance(request_id, str):
+                    raise APIResponseValidationError(
+                        f"asample answered without a request_id: {data!r}")
+            except APIResponseValidationError as exc:
+                # The server may have accepted it: the same seq id and idempotency key get
+                # the same answer again without a second sample.
+                if unreadable == _UNREADABLE_RESENDS:
+                    raise
+                unreadable += 1
+                target.retries += 1
+                log.warning("asample: the server's answer cannot be read (%s); asking again "
+                            "with the same seq id", exc)
+                continue
+            limiter.signal(permit, Signal.ADMITTED)
+            if target.state is not QueueState.ACTIVE:
+                target.active(self)
             sequence_ids = data.get("sample_sequence_ids")
             try:
                 result = await service._poller.result(
                     request_id, "Sample", _decode_sample, protobuf=use_proto,
                     sampling_session=(self.sampling_session_id, clone), submitted_at=submitted,
-                    on_queue_state=self.on_queue_state_change)
+                    on_queue_state=self._observe_queue_state)
             except PromiseExpired:
-                if attempt == _RESUBMITS_ON_EXPIRY:
+                if expired == _RESUBMITS_ON_EXPIRY:
                     raise
+                expired += 1
                 log.info("sample %s expired on the server; resubmitting", request_id)
+                target.retries += 1
+                # A new key: the old one would be answered with the expired request's id.
+                headers["X-Idempotency-Key"] = new_idempotency_key()
                 continue
             except asyncio.CancelledError:
                 # Abandoned (a timeout or a cancel): let the server stop the work if it can.
@@ -399,7 +653,6 @@ class SamplingClient:
                 for sequence, sequence_id in zip(result.sequences, sequence_ids, strict=True):
                     sequence.sequence_id = sequence_id
             return result
-        raise AssertionError("unreachable")
 
     @homed
     async def compute_logprobs_async(
@@ -414,31 +667,78 @@ class SamplingClient:
     def on_queue_state_change(
         self, queue_state: QueueState, queue_state_reason: str | None
     ) -> None:
-        """Called with the queue state of each ``try_again`` answer to this client's samples.
+        """Called with the queue state of each ``try_again`` answer to this client's samples,
+        and with each change of its sampler's state (a 429 pauses it; see ``stats()``).
 
-        Logs a WARNING when sampling is paused (at most once a minute while it stays
-        paused, and again whenever the state changes), as the official SDK does. Override
-        it, or set it on the instance, to act on the state yourself.
+        Logs a WARNING when sampling is paused, at most once a minute (sooner only for a
+        pause of another kind), as the official SDK does. Override it, or set it on the
+        instance, to act on the state yourself. (Every change is also logged once at
+        INFO, with the admission numbers, whatever this method does.)
         """
-        changed = queue_state is not self._queue_state
-        self._queue_state = queue_state
         if queue_state is QueueState.ACTIVE:
-            if changed:
-                log.info("sampling resumed for sampler %s", self.sampling_session_id)
             return
         now = time.monotonic()
         last = self._queue_state_logged_at
-        if not changed and last is not None and now - last < _QUEUE_STATE_LOG_INTERVAL_S:
+        if (queue_state is self._hook_state and last is not None
+                and now - last < _QUEUE_STATE_LOG_INTERVAL_S):
             return
+        self._hook_state = queue_state
         self._queue_state_logged_at = now
         reason = queue_state_reason or _PAUSE_REASONS.get(queue_state, "unknown")
         log.warning("Sampling is paused for sampler %s. Reason: %s",
                     self.sampling_session_id, reason)
 
+    def _observe_queue_state(self, state: QueueState, reason: str | None) -> None:
+        """The poller's observer: a try-again answer's queue state, for the sampler's
+        state (and limit), then for the official hook."""
+        target = self._admission
+        if state is QueueState.ACTIVE:
+            target.active(self)
+        elif state is not QueueState.UNKNOWN:
+            target.limiter.signal(None, Signal.PAUSED)
+            reason_text = reason or _PAUSE_REASONS.get(state, "unknown")
+            target.refused(f"queue state {state.value}: {reason_text}")
+            target.paused(state, reason_text, self)
+        self.on_queue_state_change(state, reason)
+
     @property
     def queue_state(self) -> QueueState:
-        """The last queue state the server reported for this client's samples."""
-        return self._queue_state
+        """The sampler's queue state: the last one the server reported (by a try-again
+        answer or a 429), back to ACTIVE once the server has served it again for a while."""
+        return self._admission.state
+
+    # -- admission control: public surface --------------------------------------------------
+
+    def stats(self) -> SamplingStats:
+        """In flight, queued, the current limit, 429s seen, retries, timeouts, latency
+        p50/p95/p99 and mean queue wait of this client's sampler (shared by every client
+        of the same sampling session in this process)."""
+        return self._admission.stats()
+
+    @property
+    def limiter(self) -> Limiter:
+        """The admission limiter of this client's sampler (see ``tinker_async._admission``)."""
+        return self._admission.limiter
+
+    def set_max_concurrency(self, max_concurrency: int | None) -> None:
+        """Fix the sampler's concurrency limit (for users who know their quota), or with
+        ``None`` go back to the adaptive limit. Calls already queued keep their place
+        under the old limiter. Applies to every client of this sampling session here."""
+        self.set_limiter(AdaptiveLimiter() if max_concurrency is None
+                         else FixedLimiter(max_concurrency))
+
+    def set_limiter(self, limiter: Limiter) -> None:
+        """Use ``limiter`` (any :class:`tinker_async._admission.Limiter`, e.g. one that
+        shares a limit between processes) for this sampler's calls from now on."""
+        if not isinstance(limiter, Limiter):
+            raise TypeError(f"{limiter!r} lacks the Limiter methods (acquire, signal, "
+                            "release, limit, in_flight, queued)")
+        self._admission.limiter = limiter
+
+    def set_queue_state_callback(self, callback: QueueStateCallback | None) -> None:
+        """Call ``callback(state, reason)`` on each change of the sampler's queue state
+        (``None`` removes it); it runs on the event loop and must not block."""
+        self._queue_state_callback = callback
 
     def get_telemetry(self) -> Telemetry:
         """This client family's local request counters (nothing is sent anywhere)."""

@@ -25,6 +25,7 @@ from ._configure import deferred_credentials
 from ._dialect import make_dialect
 from ._futures import FuturePoller
 from ._loops import Home
+from ._sampling_target import SamplingStats
 from ._session import FinishStatus, Session
 from ._sync import homed
 from ._transport import Transport
@@ -39,7 +40,7 @@ from .errors import (
 )
 from .paths import parse_checkpoint_path, require_training_checkpoint
 from .rest import RestClient
-from .sampling import BackcompatSamplingClientFuture, SamplingClient
+from .sampling import BackcompatSamplingClientFuture, SamplingClient, service_stats
 from .telemetry import Telemetry
 from .training import BackcompatTrainingClientFuture, TrainingClient
 from .types import CustomLossInputRank, GetInfoResponse, GetServerCapabilitiesResponse, _wire
@@ -403,8 +404,21 @@ class ServiceClient:
         base_model: str | None = None,
         retry_config: Any = None,
         record_stability_info: bool = False,
+        *,
+        max_concurrency: int | None = None,
     ) -> SamplingClient:
-        """A SamplingClient on saved sampler weights (``model_path``) or a ``base_model``."""
+        """A SamplingClient on saved sampler weights (``model_path``) or a ``base_model``.
+
+        ``max_concurrency`` fixes how many of its samples may be on the server at once
+        (for users who know their quota); by default the limit adapts to what the server
+        says (429s, queue states, latency). Calls beyond the limit wait in the client, in
+        order; see ``SamplingClient.stats()``."""
+        if max_concurrency is not None and (
+                isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+                or max_concurrency < 1):
+            raise InvalidRequestError(
+                f"max_concurrency must be a whole number of at least 1 (or None for an "
+                f"adaptive limit), not {max_concurrency!r}")
         if model_path is None and base_model is None:
             raise InvalidRequestError("give model_path (tinker://...) or base_model")
         if model_path is not None:
@@ -433,7 +447,8 @@ class ServiceClient:
             sampler = await self.create_rest_client().get_sampler_async(sampling_session_id)
             base_model = sampler.base_model
         return SamplingClient(self, sampling_session_id, base_model=base_model,
-                              model_path=model_path, record_stability_info=record_stability_info)
+                              model_path=model_path, record_stability_info=record_stability_info,
+                              max_concurrency=max_concurrency)
 
     @homed
     async def create_custom_loss_async(
@@ -500,6 +515,12 @@ class ServiceClient:
     def get_telemetry(self) -> Telemetry:
         """This client family's local event log (the official surface; nothing is sent)."""
         return self._telemetry
+
+    def stats(self) -> SamplingStats:
+        """The sampling stats of every sampler of this client in this process, added up:
+        in flight, queued, limits, 429s, retries, timeouts, latency percentiles and mean
+        queue wait (see ``SamplingClient.stats()`` for one sampler's)."""
+        return service_stats(self)
 
     def get_console_url(self) -> str:
         """The Tinker console page of this session (once the session exists)."""
@@ -570,14 +591,14 @@ class ServiceClient:
         _argcheck.check_call(self.create_training_client_from_state_with_optimizer_async, locals())
         return _sync.call_client(self, self.create_training_client_from_state_with_optimizer_async(path, base_model, user_metadata, weights_access_token), BackcompatTrainingClientFuture)
 
-    def create_sampling_client(self, model_path: str | None=None, base_model: str | None=None, retry_config: Any=None, record_stability_info: bool=False) -> BackcompatSamplingClientFuture:
+    def create_sampling_client(self, model_path: str | None=None, base_model: str | None=None, retry_config: Any=None, record_stability_info: bool=False, *, max_concurrency: int | None=None) -> BackcompatSamplingClientFuture:
         """A SamplingClient on saved sampler weights (``model_path``) or a ``base_model``.
 
         Sync form of :meth:`create_sampling_client_async`: starts the call now and returns an APIFuture
         (``.result(timeout)`` blocks; ``await`` it in async code).
         """
         _argcheck.check_call(self.create_sampling_client_async, locals())
-        return _sync.call_client(self, self.create_sampling_client_async(model_path, base_model, retry_config, record_stability_info), BackcompatSamplingClientFuture)
+        return _sync.call_client(self, self.create_sampling_client_async(model_path, base_model, retry_config, record_stability_info, max_concurrency=max_concurrency), BackcompatSamplingClientFuture)
 
     def copy_weights(self, path: str, *, ttl_seconds: int | None=None, weights_access_token: str | None=None) -> APIFuture[str]:
         """Copy a checkpoint into this client's project (``project_id``); the new path.

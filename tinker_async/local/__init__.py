@@ -21,7 +21,7 @@ zero_compute=False, session_timeout_s=60.0, dialect="official", *, client_config
 dynamic_config=None, models=("local/byte-lm",), poll_hold_s=10.0,
 twinkle_prefix="/twinkle", max_loras=64, inline_payload_limit=8 MiB,
 record_requests=True, max_recorded_requests=100_000, routes=(), jwt_ttl_s=3600.0,
-require_jwt=False)``.
+require_jwt=False, sample_capacity=None)``.
 
 - ``api_key``: when set, ``/api/v1`` requires it in ``X-API-Key`` (or a JWT the server
   minted at ``auth/token``, valid ``jwt_ttl_s``) and Twinkle in ``Authorization:
@@ -42,6 +42,12 @@ require_jwt=False)``.
   ``sample_use_retrieve_futures`` and ``sample_cancel_enabled`` on).
 - ``models``: names, or ``SupportedModel`` records, for ``get_server_capabilities``.
 - ``poll_hold_s``: how long a pending ``retrieve_future``/``retrieve_futures`` is held.
+- ``sample_capacity``: a :class:`SampleCapacity` (``per_model``, ``per_key``,
+  ``service_time_s``, ``retry_after_s``): samples served at once. Above it the server
+  answers as real servers do: 429 with ``Retry-After`` and a ``paused_rate_limit`` queue
+  state to submits that send ``X-Tinker-Sampling-Backpressure: 1``, a queued sample whose
+  polls say ``paused_rate_limit`` otherwise. ``srv.config.sample_capacity`` may be
+  replaced while serving. Default: no limit.
 
 Every helper below may be called from any thread while the server runs.
 
@@ -96,8 +102,17 @@ drop_connection=False, body=None, method=None, *, headers=None, rate=1.0, seed=N
 -> FaultRule``: the next ``count`` requests whose path matches the regex
 (``re.search``; ``count=None``: until removed) get the fault: ``status`` with a
 ``{"detail"}`` body (or ``body``) and ``Retry-After`` if given; or a delay first; or the
-connection closed with no response. ``rate`` < 1 makes it random. ``srv.faults.clear()``,
+connection closed with no response. ``rate`` < 1 makes it random. More (keyword-only):
+``skip``/``every`` pick which matching requests; ``drop_connection="after"`` runs the
+handler first (the request is admitted, the answer lost); ``stall=True`` never answers
+(until ``srv.faults.release_stalled()``); ``mangle="truncate"|"garbage"|"cut"`` spoils
+the real answer (``keep_bytes``, ``garbage``, ``zstd``). ``srv.faults.clear()``,
 ``srv.faults.remove(rule)``, ``srv.faults.rules``.
+
+The applied-seq ledger: ``srv.ledger(model_id) -> list[Applied]`` lists each training
+request the server applied, once, in order (``seq_id``, ``kind``, ``tag``), and
+``srv.ledgers()`` every model's: a fault test checks that nothing was lost or applied
+twice.
 
 Extending (training and sampling routes)
 ----------------------------------------
@@ -111,7 +126,7 @@ json_encoder=..., proto_encoder=..., in_thread=...) -> request_id``), ``.config`
 
 from __future__ import annotations
 
-from ._config import DEFAULT_MODEL
+from ._config import DEFAULT_MODEL, SampleCapacity
 from ._dialects import DIALECTS, Dialect
 from ._faults import FaultInjector, FaultRule
 from ._futures import FutureFailure
@@ -127,4 +142,5 @@ __all__ = [
     "FutureFailure",
     "LocalServer",
     "RecordedRequest",
+    "SampleCapacity",
 ]

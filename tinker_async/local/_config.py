@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_CLIENT_CONFIG",
     "DEFAULT_DYNAMIC_CONFIG",
     "DEFAULT_MODEL",
+    "SampleCapacity",
     "ServerConfig",
     "normalize_models",
 ]
@@ -70,6 +71,45 @@ def normalize_models(models: Sequence[str | Mapping[str, Any]]) -> list[dict[str
     return records
 
 
+@dataclass(frozen=True)
+class SampleCapacity:
+    """How many samples the embedded server serves at once (by default: no limit).
+
+    Above a capacity the server answers as real servers do: a submit that carries
+    ``X-Tinker-Sampling-Backpressure: 1`` (the official SDK and tinker_async send it) gets
+    a 429 with ``Retry-After`` and a ``paused_rate_limit`` queue state; one without it is
+    accepted and waits in the server's queue, its polls answering ``paused_rate_limit``.
+    See ``_capacity``.
+    """
+
+    per_model: int | None = None
+    """Samples in flight per base model, over every key (None: no limit)."""
+    per_key: int | None = None
+    """Samples in flight per credential, over every model (None: no limit)."""
+    service_time_s: float = 0.0
+    """Every sample takes at least this long (in zero-compute mode: exactly this long),
+    so that a capacity binds; 0 leaves the time to the model."""
+    retry_after_s: float | None = None
+    """The ``Retry-After`` of a 429; None estimates when a slot frees (the service time
+    over the capacity, or 1 s without a service time)."""
+
+    def __post_init__(self) -> None:
+        for name in ("per_model", "per_key"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"SampleCapacity.{name} must be at least 1 (or None)")
+        if self.service_time_s < 0:
+            raise ValueError("SampleCapacity.service_time_s must be >= 0")
+        if self.retry_after_s is not None and self.retry_after_s < 0:
+            raise ValueError("SampleCapacity.retry_after_s must be >= 0 (or None)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the server limits or slows samples at all."""
+        return (self.per_model is not None or self.per_key is not None
+                or self.service_time_s > 0)
+
+
 @dataclass
 class ServerConfig:
     """Everything fixed at construction. ``api_key`` is kept out of ``repr``."""
@@ -87,6 +127,8 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     jwt_ttl_s: float = 3600.0
     api_key: str | None = field(default=None, repr=False)
+    sample_capacity: SampleCapacity = field(default_factory=SampleCapacity)
+    """Concurrent samples served (default: no limit); may be replaced while serving."""
 
     @property
     def model_names(self) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ._capacity import queue_state_of
 from ._errors import ApiError, gone, json_response, no_content, not_found
 from ._futures import PROTOBUF, ServerFuture
 from ._routing import Route, ServerContext, context, route
@@ -56,7 +57,8 @@ def _official_answer(
 ) -> web.Response:
     if future.state == "pending":
         return json_response(
-            {"type": "try_again", "request_id": future.request_id, "queue_state": "active"},
+            {"type": "try_again", "request_id": future.request_id,
+             **queue_state_of(ctx, future.request_id)},
             status=ctx.dialect.pending_status,
         )
     if future.state == "expired":

@@ -15,6 +15,11 @@ Compute: in zero-compute mode a sample is made inline, at once, with no thread h
 is what client benchmarks drive). Otherwise requests go to the base model's
 :class:`~._batching.SampleBatcher`, which serves everything that arrives together in one
 batched model call on a worker thread.
+
+Capacity (``ServerConfig.sample_capacity``, off by default): samples in flight per model
+and per key are limited, and a sample can be given a fixed service time; above capacity a
+backpressure submit gets a 429 and one without the header waits in the server's queue
+(``_capacity``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from aiohttp import web
 
+from ._capacity import BACKPRESSURE_HEADER, key_id, sample_slots
 from ._errors import ApiError, bad_request, json_response
 from ._futures import FutureFailure
 from ._inputs import tensor_from_json, tokens_from_json
@@ -239,6 +245,25 @@ def _work(
     return work
 
 
+def _limited(
+    ctx: ServerContext, request: web.Request, target: _Target, request_id: str,
+    work: Callable[[], SampleResult | Awaitable[SampleResult]],
+) -> web.Response | Callable[[], Any]:
+    """Under a sampling capacity: the 429 for a backpressure submit above it, else the
+    work wrapped to hold (or wait for) a slot. Without one: ``work`` itself."""
+    capacity = ctx.config.sample_capacity
+    if not capacity.enabled:
+        return work
+    slots = sample_slots(ctx)
+    bucket = (target.base_model, key_id(request.headers))
+    holding = False
+    if request.headers.get(BACKPRESSURE_HEADER) == "1":
+        if not slots.try_take(capacity, bucket):
+            return slots.refusal(capacity, bucket)
+        holding = True
+    return slots.wrap(work, ctx, bucket, request_id, holding)
+
+
 # ---------------------------------------------------------------------------------- routes
 
 
@@ -259,8 +284,11 @@ async def asample(request: web.Request) -> web.Response:
         if ctx.dialect.sample_sequence_ids
         else None
     )
+    work = _limited(ctx, request, target, request_id, _work(reg, target, parsed))
+    if isinstance(work, web.Response):
+        return work  # above capacity: 429
     ctx.futures.submit(
-        _work(reg, target, parsed),
+        work,
         kind="Sample",
         session_id=target.session_id,
         sampling_session_id=target.sampler_id,
@@ -282,7 +310,9 @@ async def sample(request: web.Request) -> web.Response:
     reg = registry(ctx)
     parsed = _parse(await read_json_object(request), ctx.dialect.strict_fields)
     target = _target(ctx, reg, parsed)
-    work = _work(reg, target, parsed)
+    work = _limited(ctx, request, target, str(uuid.uuid4()), _work(reg, target, parsed))
+    if isinstance(work, web.Response):
+        return work  # above capacity: 429
     try:
         outcome = work()
         result = outcome if isinstance(outcome, SampleResult) else await outcome

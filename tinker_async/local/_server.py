@@ -28,6 +28,7 @@ from ._config import (
     DEFAULT_CLIENT_CONFIG,
     DEFAULT_DYNAMIC_CONFIG,
     DEFAULT_MODEL,
+    SampleCapacity,
     ServerConfig,
     normalize_models,
 )
@@ -81,6 +82,7 @@ class LocalServer:
         routes: Iterable[Route] = (),
         jwt_ttl_s: float = 3600.0,
         require_jwt: bool = False,
+        sample_capacity: SampleCapacity | None = None,
     ) -> None:
         if twinkle_prefix and (not twinkle_prefix.startswith("/") or twinkle_prefix == "/"):
             raise ValueError("twinkle_prefix must look like '/twinkle' (or be empty to disable)")
@@ -98,6 +100,7 @@ class LocalServer:
             inline_payload_limit=inline_payload_limit,
             api_key=api_key,
             jwt_ttl_s=jwt_ttl_s,
+            sample_capacity=sample_capacity or SampleCapacity(),
         )
         if data_dir is None:
             path = Path(tempfile.mkdtemp(prefix="tinker-local-"))
