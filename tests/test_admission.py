@@ -21,7 +21,6 @@ import tinker_async as tinker
 from tinker_async import _sampling_target
 from tinker_async.local import LocalServer, SampleCapacity
 from tinker_async.local._capacity import sample_slots
-from tinker_async.sampling import service_stats
 
 pytestmark = pytest.mark.anyio
 
@@ -81,7 +80,7 @@ async def test_ten_thousand_samples_at_capacity_64_complete_without_failures() -
         # The server was filled to its capacity and never beyond.
         assert server["peak_by_model"] == {MODEL: 64}
         assert stats.latency_p50 is not None and stats.queue_wait_mean is not None
-        assert service_stats(svc).completed == n
+        assert svc.stats().completed == n
 
 
 async def test_a_fixed_max_concurrency_is_never_exceeded() -> None:

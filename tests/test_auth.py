@@ -24,6 +24,7 @@ import tinker_async as tinker
 import tinker_async._auth
 from tinker_async import ConfigurationError, RestClient, ServiceClient
 from tinker_async.local import LocalServer
+from tinker_async.service import family_of
 
 KEY = "tml-auth-test-0123456789"
 MODEL = "local/byte-lm"
@@ -113,7 +114,7 @@ def test_jwt_is_renewed_before_it_expires(
         service.connect().result(60)  # token 1
         # To see when the client holds token 2 (tokens minted in the same second are
         # equal, so the token text cannot tell).
-        credentials = service._transport.credentials
+        credentials = family_of(service).transport.credentials
         clock.advance(1000)  # 28%: nothing to do
         rest.list_training_runs().result(60)
         assert len(_statuses(jwt_server, "/auth/token")) == 1

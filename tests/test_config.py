@@ -8,6 +8,7 @@ import pytest
 
 import tinker_async as tinker
 from tinker_async import ConfigurationError, RestClient, ServiceClient
+from tinker_async.service import family_of
 
 
 def test_missing_key_is_a_clear_error_before_any_request() -> None:
@@ -49,8 +50,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TINKER_API_KEY", "tml-from-env")
     monkeypatch.setenv("TINKER_PROJECT_ID", "proj-7")
     client = ServiceClient()
-    assert client._transport.config.base_url == "http://127.0.0.1:1234"
-    assert client._transport.config.project_id == "proj-7"
+    config = family_of(client).transport.config
+    assert config.base_url == "http://127.0.0.1:1234"
+    assert config.project_id == "proj-7"
     assert client.dialect == "official"
 
 
@@ -75,11 +77,12 @@ def test_key_never_in_repr_or_pickle() -> None:
     secret = "tml-super-secret-value-42"
     client = ServiceClient(base_url="http://127.0.0.1:9", api_key=secret)
     rest = client.create_rest_client()
-    config = client._transport.config
-    for obj in (client, rest, config, config.api_key):
+    family = family_of(client)
+    config = family.transport.config
+    for obj in (client, rest, family, family.transport, config, config.api_key):
         assert secret not in repr(obj)
         assert secret not in str(obj)
-    for obj in (client, rest, config.api_key):
+    for obj in (client, rest, family, config.api_key):
         with pytest.raises(TypeError):
             pickle.dumps(obj)
     assert secret.encode() not in pickle.dumps(config, protocol=0)
@@ -87,7 +90,7 @@ def test_key_never_in_repr_or_pickle() -> None:
 
 def test_unpickled_config_reads_key_from_its_own_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     client = ServiceClient(base_url="http://127.0.0.1:9", api_key="tml-parent-key")
-    data = pickle.dumps(client._transport.config)
+    data = pickle.dumps(family_of(client).transport.config)
     # Without a key here, unpickling works; the first request made with it fails instead
     # (tests/test_multiprocessing.py shows that error).
     assert pickle.loads(data).api_key.get() == ""

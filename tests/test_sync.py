@@ -21,6 +21,7 @@ import tinker_async as tinker
 from tinker_async import APIFuture, RestClient
 from tinker_async._api_future import BlockingCallWarning
 from tinker_async.local import LocalServer
+from tinker_async.service import family_of
 
 
 def test_sync_form_returns_future_with_result(server: LocalServer, api_key: str) -> None:
@@ -270,7 +271,7 @@ def test_leaving_a_with_block_in_async_code_closes_the_home_pool(
     async def main() -> bool:
         with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as service:
             await service.create_rest_client().list_training_runs_async()
-            transport = service._transport
+            transport = family_of(service).transport
             session = transport._session
         # the home loop runs the close it was handed
         await wait_until_async(lambda: session is None or session.closed, "the pool to close")

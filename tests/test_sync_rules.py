@@ -307,9 +307,6 @@ service.close().result(60)
 # -- ordering -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_sync bug: the task of the first plain call waits for the later pending ones "
-    "(homed -> _let_pending_start), so they overtake it; remove once _sync is fixed"))
 def test_plain_calls_on_the_home_thread_keep_their_order_against_a_following_await(
     fresh_server: LocalServer, api_key: str
 ) -> None:

@@ -101,6 +101,15 @@ class Dialect:
     def flag(self, name: str) -> Any:
         return self.flags.get(name, DEFAULT_FLAGS.get(name))
 
+    def adopt(self, flags: Mapping[str, Any], has_client_config: bool,
+              dynamic_flags: Mapping[str, Any]) -> None:
+        """Take what another client of the same server learned at its handshake (a copy
+        joining its session skips the handshake)."""
+        self.flags.update(flags)
+        if has_client_config:
+            self.apply_client_config(flags)
+        self.dynamic_flags.update(dynamic_flags)
+
     def apply_client_config(self, flags: Mapping[str, Any]) -> None:
         """Record the server's client/config answer (unknown flags are kept, not used).
 

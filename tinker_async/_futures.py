@@ -234,22 +234,8 @@ class _SessionLongPoll:
                     raise
                 if isinstance(exc, RateLimitError):
                     last_answer = time.monotonic()  # throttled, but alive
-                away = time.monotonic() - last_answer
-                if _transient(exc, polling) and away < transport.config.progress_timeout:
-                    # An outage outlasted the retries: the work is still on the server, so
-                    # keep asking (as the official SDK does), but not forever: past the
-                    # limit the waiters get the connection error instead of a hang.
-                    log.info("retrieve_futures failed (%s); polling again", exc)
-                    await asyncio.sleep(polling.outage_pause_s)
+                if await self._poll_again_after(exc, last_answer):
                     continue
-                if _transient(exc, polling):
-                    # Fail these waiters, but not the session: a later sample polls afresh.
-                    self._fail_all(exc if isinstance(exc, APITimeoutError) else APITimeoutError(
-                        f"No answer from the server for {away:.0f} s while waiting for "
-                        f"{len(self.waiters)} sample(s) (progress_timeout): {exc}"),
-                        permanent=False)
-                    return
-                self._fail_all(exc if isinstance(exc, Exception) else TinkerError(str(exc)))
                 return
             last_answer = time.monotonic()
             if resp.status == 408:
@@ -269,19 +255,49 @@ class _SessionLongPoll:
                 log.warning("an unreadable retrieve_futures answer (%s); polling again", exc)
                 continue
             unreadable = 0
-            urgent = self.poller.urgent
-            if (self.waiters and taken < polling.batch_target
-                    and not (urgent is not None and urgent(self.sampling_session_id))):
-                # Few completions per answer: wait long enough (at the rate they have been
-                # arriving) for the next answer to carry about batch_target of them.
-                now = time.monotonic()
-                rate = taken / max(now - cycle_start, 1e-3)
-                window = polling.batch_target / rate if rate > 0 else polling.rearm_max_s
-                window = (min(max(window, polling.rearm_min_s), polling.rearm_max_s)
-                          - (now - asked))
-                if window > 0:
-                    await asyncio.sleep(window)
+            if self.waiters and taken < polling.batch_target and not self._urgent():
+                await self._gather_window(taken, cycle_start, asked)
             cycle_start = asked
+
+    async def _poll_again_after(self, exc: BaseException, last_answer: float) -> bool:
+        """After a poll that failed with ``exc``: pause and say True to poll again, or fail
+        the waiters and say False."""
+        transport = self.poller.transport
+        polling = transport.config.polling
+        away = time.monotonic() - last_answer
+        if _transient(exc, polling) and away < transport.config.progress_timeout:
+            # An outage outlasted the retries: the work is still on the server, so keep
+            # asking (as the official SDK does), but not forever: past the limit the
+            # waiters get the connection error instead of a hang.
+            log.info("retrieve_futures failed (%s); polling again", exc)
+            await asyncio.sleep(polling.outage_pause_s)
+            return True
+        if _transient(exc, polling):
+            # Fail these waiters, but not the session: a later sample polls afresh.
+            self._fail_all(exc if isinstance(exc, APITimeoutError) else APITimeoutError(
+                f"No answer from the server for {away:.0f} s while waiting for "
+                f"{len(self.waiters)} sample(s) (progress_timeout): {exc}"),
+                permanent=False)
+            return False
+        self._fail_all(exc if isinstance(exc, Exception) else TinkerError(str(exc)))
+        return False
+
+    def _urgent(self) -> bool:
+        """Whether calls of this session wait for admission (their slots free up as these
+        results arrive, so they are fetched at once rather than batched)."""
+        urgent = self.poller.urgent
+        return urgent is not None and urgent(self.sampling_session_id)
+
+    async def _gather_window(self, taken: int, cycle_start: float, asked: float) -> None:
+        """Few completions per answer: wait long enough (at the rate they have been
+        arriving) for the next answer to carry about ``batch_target`` of them."""
+        polling = self.poller.transport.config.polling
+        now = time.monotonic()
+        rate = taken / max(now - cycle_start, 1e-3)
+        window = polling.batch_target / rate if rate > 0 else polling.rearm_max_s
+        window = min(max(window, polling.rearm_min_s), polling.rearm_max_s) - (now - asked)
+        if window > 0:
+            await asyncio.sleep(window)
 
     def _say_if_waiting_long(self, patience: _Patience, last_answer: float) -> None:
         if not self.since:

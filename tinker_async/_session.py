@@ -67,6 +67,13 @@ class Session:
         self._last_probe = -1e9
         transport.home.on_move(self._forget_loop_state)
 
+    def join(self, session_id: str | None) -> None:
+        """Use another client's server session (its handshake done there): this client
+        sends in it but does not own it, so it never finishes it."""
+        self.handshaken = True
+        self.id = session_id
+        self.owned = False
+
     def _forget_loop_state(self) -> None:
         # Loop-bound objects die with their loop; the server session itself carries over.
         self._heartbeat = None

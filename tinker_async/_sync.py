@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import os
@@ -93,7 +94,7 @@ def homed(
         home = self._home
         loop = asyncio.get_running_loop()
         if home.loop is loop and home.pid == _loops.current_pid():
-            if home.pending:
+            if home.pending and not _in_deferred.get():
                 await _let_pending_start(home)
         elif not (in_guest_run() or home.claim(loop)):
             assert home.loop is not None
@@ -108,6 +109,12 @@ def homed(
     on_home.__argcheck__ = checks  # type: ignore[attr-defined]  # for the plain forms
     # functools.wraps hides the (self, *args) signature from mypy; it is the same one.
     return cast("Callable[Concatenate[S, P], Coroutine[Any, Any, T]]", on_home)
+
+
+#: set in the task of a plain call made on its home thread: the calls still pending were
+#: made after it, so it must not wait for them (they would take their seq ids first)
+_in_deferred: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tinker_async_in_deferred", default=False)
 
 
 async def _let_pending_start(home: Home) -> None:
@@ -143,6 +150,7 @@ async def _started(home: Home, slot: _Deferred) -> Any:
     if slot.guest is not None:
         return await asyncio.wrap_future(slot.guest)
     slot.started = True
+    _in_deferred.set(True)  # this task's own context: only this call and what it awaits
     return await slot.coro
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
     import torch.fx
 
-    from .service import ServiceClient
+    from ._family import Family
     from .types._custom_loss import CustomLossNodeOp
 
 __all__ = [
@@ -138,21 +138,21 @@ class _SessionLosses:
         self.next_seq = 0
 
 
-# Kept beside the client rather than on it: the ServiceClient needs no field for an alpha API.
-_created: weakref.WeakKeyDictionary[ServiceClient, _SessionLosses] = weakref.WeakKeyDictionary()
+# Kept beside the family rather than on it: the family needs no field for an alpha API.
+_created: weakref.WeakKeyDictionary[Family, _SessionLosses] = weakref.WeakKeyDictionary()
 
 
-async def create_custom_loss(service: ServiceClient, loss: LossHandle) -> LossHandle:
+async def create_custom_loss(family: Family, loss: LossHandle) -> LossHandle:
     """Register a traced loss with ``service``'s session and, where the server runs custom
     losses (``custom_loss_server_side``), upload it and wait for its ``loss_id``.
 
     Runs on the service's home loop (the registry needs no lock there). The same traced
     loss twice in one session is an ``InvalidRequestError`` (a ``ValueError``).
     """
-    session_id = await service._ensure_session()
-    losses = _created.get(service)
+    session_id = await family.ensure_session()
+    losses = _created.get(family)
     if losses is None or losses.session_id != session_id:
-        losses = _created[service] = _SessionLosses(session_id)
+        losses = _created[family] = _SessionLosses(session_id)
     key = loss.key
     if key in losses.by_key:
         existing = losses.by_key[key]
@@ -164,8 +164,8 @@ async def create_custom_loss(service: ServiceClient, loss: LossHandle) -> LossHa
     losses.by_key[key] = None
     try:
         handle = dataclasses.replace(loss, session_id=session_id, loss_id=None)
-        if service._transport.dialect.flag("custom_loss_server_side"):
-            handle = await _upload(service, losses, handle)
+        if family.transport.dialect.flag("custom_loss_server_side"):
+            handle = await _upload(family, losses, handle)
     except BaseException:
         # Unlike the official SDK, a failed creation can be retried with the same function.
         losses.by_key.pop(key, None)
@@ -174,7 +174,7 @@ async def create_custom_loss(service: ServiceClient, loss: LossHandle) -> LossHa
     return handle
 
 
-async def _upload(service: ServiceClient, losses: _SessionLosses, handle: LossHandle) -> LossHandle:
+async def _upload(family: Family, losses: _SessionLosses, handle: LossHandle) -> LossHandle:
     seq, losses.next_seq = losses.next_seq, losses.next_seq + 1
     request = t.CreateCustomLossRequest(
         session_id=handle.session_id,
@@ -183,8 +183,8 @@ async def _upload(service: ServiceClient, losses: _SessionLosses, handle: LossHa
         inputs=list(handle.inputs),
         graph=encode_graph(handle),
     )
-    resp = await service._transport.request("POST", "create_custom_loss", json=request)
-    result = await service._poll_json(resp.json(), "CreateCustomLoss")
+    resp = await family.transport.request("POST", "create_custom_loss", json=request)
+    result = await family.poll_json(resp.json(), "CreateCustomLoss")
     loss_id = result.get("loss_id") if isinstance(result, dict) else None
     if not isinstance(loss_id, str) or not loss_id:
         raise APIError(f"create_custom_loss finished without a loss_id: {result!r}")

@@ -32,6 +32,7 @@ from ._config import NO_RETRY, resolve_config
 from ._dialect import make_dialect
 from ._download import DownloadResult
 from ._download import download_checkpoint as _download_checkpoint
+from ._family import Family
 from ._loops import Home
 from ._sync import homed
 from ._transport import Transport
@@ -84,6 +85,7 @@ class _RestBase:
 
     _home: Home
     _transport: Transport
+    _telemetry: Telemetry
 
     def __init__(
         self,
@@ -105,9 +107,16 @@ class _RestBase:
         if _holder is not None:
             if base_url is not None or api_key is not None:
                 raise ConfigurationError("Pass either a client to share, or base_url/api_key")
-            self._home, self._transport = _holder._home, _holder._transport
-            shared = getattr(_holder, "_telemetry", None)
-            self._telemetry = shared if isinstance(shared, Telemetry) else Telemetry(_no_session)
+            if isinstance(_holder, _RestBase):  # AdminClient(rest): share its transport
+                self._home, self._transport = _holder._home, _holder._transport
+                self._telemetry = _holder._telemetry
+                return
+            if not isinstance(_holder, Family):
+                from .service import family_of  # a ServiceClient given directly: share it
+
+                _holder = family_of(_holder)
+            self._home, self._transport = _holder.home, _holder.transport
+            self._telemetry = _holder.telemetry
             return
         config = resolve_config(
             base_url=base_url, api_key=api_key, dialect=dialect, route_prefix=route_prefix,

@@ -50,6 +50,7 @@ from ._admission import (
 )
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._config import RetryPolicy, credential_sources
+from ._family import Family
 from ._futures import PromiseExpired, QueueState
 from ._loops import LoopLock
 from ._retrying import retry_after as _retry_after
@@ -73,7 +74,7 @@ from .types import _wire
 if TYPE_CHECKING:
     from .service import ServiceClient
 
-__all__ = ["BackcompatSamplingClientFuture", "SamplingClient", "SamplingStats", "service_stats"]
+__all__ = ["BackcompatSamplingClientFuture", "SamplingClient", "SamplingStats", "family_stats"]
 
 log = logging.getLogger("tinker_async")
 
@@ -111,7 +112,9 @@ async def _existing_session_client(
     if base_model is None:
         sampler = await holder.create_rest_client().get_sampler_async(sampling_session_id)
         base_model = sampler.base_model
-    return SamplingClient(holder, sampling_session_id, base_model=base_model,
+    from .service import family_of
+
+    return SamplingClient(family_of(holder), sampling_session_id, base_model=base_model,
                           model_path=model_path, record_stability_info=record_stability_info)
 
 
@@ -134,20 +137,20 @@ class _AdmissionDeadline(RateLimitError):
     """A RateLimitError raised because the caller's deadline ran out while rate limited."""
 
 
-#: the admission state of each ServiceClient's sampling sessions in this process
-_targets: weakref.WeakKeyDictionary[ServiceClient, dict[str, SamplingTarget]] = (
+#: the admission state of each client family's sampling sessions in this process
+_targets: weakref.WeakKeyDictionary[Family, dict[str, SamplingTarget]] = (
     weakref.WeakKeyDictionary())
 _targets_lock = threading.Lock()
 
 
-def _target_of(service: ServiceClient, sampling_session_id: str) -> SamplingTarget:
+def _target_of(family: Family, sampling_session_id: str) -> SamplingTarget:
     with _targets_lock:
-        by_session = _targets.get(service)
+        by_session = _targets.get(family)
         if by_session is None:
-            by_session = _targets[service] = {}
+            by_session = _targets[family] = {}
             # Calls waiting for admission wait for these results to free slots: the poller
             # then fetches completions at once rather than batching them (FuturePoller.urgent).
-            service._poller.urgent = _admission_waiting(by_session)
+            family.poller.urgent = _admission_waiting(by_session)
         target = by_session.get(sampling_session_id)
         if target is None:
             target = by_session[sampling_session_id] = SamplingTarget(sampling_session_id)
@@ -163,11 +166,11 @@ def _admission_waiting(by_session: dict[str, SamplingTarget]) -> Callable[[str],
     return urgent
 
 
-def service_stats(service: ServiceClient) -> SamplingStats:
-    """The sampling stats of every sampler of ``service`` in this process, added up
+def family_stats(family: Family) -> SamplingStats:
+    """The sampling stats of every sampler of ``family`` in this process, added up
     (latency percentiles over all their recent samples)."""
     with _targets_lock:
-        targets = list(_targets.get(service, {}).values())
+        targets = list(_targets.get(family, {}).values())
     latencies = [value for target in targets for value in target.latencies()]
     return SamplingStats.combine([target.stats() for target in targets], latencies)
 
@@ -182,7 +185,7 @@ class SamplingClient:
 
     def __init__(
         self,
-        service: ServiceClient,
+        family: Family,
         sampling_session_id: str,
         *,
         base_model: str | None = None,
@@ -193,8 +196,8 @@ class SamplingClient:
         limiter: Limiter | None = None,
         on_queue_state: QueueStateCallback | None = None,
     ) -> None:
-        self._service = service
-        self._home = service._home
+        self._family = family
+        self._home = family.home
         self.sampling_session_id = sampling_session_id
         self._base_model = base_model
         self.model_path = model_path
@@ -211,7 +214,7 @@ class SamplingClient:
         self._hook_state = QueueState.ACTIVE
         self._queue_state_logged_at: float | None = None
         self._queue_state_callback: QueueStateCallback | None = on_queue_state
-        self._admission = _target_of(service, sampling_session_id)
+        self._admission = _target_of(family, sampling_session_id)
         self._admission.clients.add(self)
         if limiter is not None:
             self.set_limiter(limiter)
@@ -252,12 +255,12 @@ class SamplingClient:
 
     def _clone_state(self) -> dict[str, Any]:
         """What another process needs to make a copy of this client (no credentials)."""
-        svc = self._service
-        config = svc._transport.config
-        dialect = svc._transport.dialect
-        if svc._session.id is not None:
+        family = self._family
+        config = family.transport.config
+        dialect = family.transport.dialect
+        if family.session.id is not None:
             # A copy made in this process (or a forked child) joins through this client.
-            _live_services[(config.base_url, svc._session.id)] = svc
+            _live_families[(config.base_url, family.session.id)] = family
         return {
             "base_url": config.base_url,
             "default_headers": without_credentials(config.default_headers),
@@ -266,7 +269,7 @@ class SamplingClient:
             "flags": dict(dialect.flags),
             "has_client_config": dialect.has_client_config,
             "dynamic_flags": dict(dialect.dynamic_flags),
-            "session_id": svc._session.id,
+            "session_id": family.session.id,
             "sampling_session_id": self.sampling_session_id,
             "base_model": self._base_model,
             "model_path": self.model_path,
@@ -280,7 +283,7 @@ class SamplingClient:
         It carries no credentials (the copy uses its own process's key) and has the
         official SDK's format, so either library reads the other's handles.
         """
-        if self._service._session.id is None:
+        if self._family.session.id is None:
             raise RuntimeError("this SamplingClient has no server session yet to hand over")
         return encode_handle(self._clone_state())
 
@@ -299,7 +302,7 @@ class SamplingClient:
         clone number when the server hands them out (``sample_join_sampling_session``)."""
         if self._settled_pid == os.getpid():
             return
-        transport = self._service._transport
+        transport = self._family.transport
         if not transport.dialect.flag("sample_join_sampling_session"):
             self._settled_pid = os.getpid()  # _take_seq picks a random block
             return
@@ -382,7 +385,7 @@ class SamplingClient:
         if self._record_stability_info:
             body["record_stability_info"] = True
         body["sampling_session_id"] = self.sampling_session_id
-        if self._service._transport.dialect.tinkercloud_bodies:
+        if self._family.transport.dialect.tinkercloud_bodies:
             # tinkercloud's documented request names the sampler ``model_id``; its
             # servers (and the embedded one) also read ``sampling_session_id``.
             body["model_id"] = self.sampling_session_id
@@ -415,7 +418,7 @@ class SamplingClient:
             target_prompt_logprobs.dtype != "int64" or len(target_prompt_logprobs.shape or []) != 2
         ):
             raise InvalidRequestError("target_prompt_logprobs must be a 2-D int64 TensorData")
-        self._service._check_open()
+        self._family.check_open()
         if self._settled_pid != os.getpid():
             await self._settle_clone()
         body = self._body(prompt, num_samples, sampling_params, include_prompt_logprobs,
@@ -438,7 +441,7 @@ class SamplingClient:
         limiter = target.limiter  # calls finish under the limiter they started with
         called = time.monotonic()
         budget = _budget.current()
-        deadline = None if budget is None else budget.limit(self._service._transport.config)
+        deadline = None if budget is None else budget.limit(self._family.transport.config)
         otel = _otel.get()
         span = None
         if otel is not None and otel.active:
@@ -502,7 +505,7 @@ class SamplingClient:
         """Sleep before resubmitting a refused sample: Retry-After, else a backoff."""
         delay = throttle.retry_after
         if delay is None:
-            policy = self._service._transport.config.retry
+            policy = self._family.transport.config.retry
             delay = random.uniform(
                 0.0, min(policy.max_delay, policy.base_delay * 2.0 ** min(throttles - 1, 16)))
         if deadline is not None and time.monotonic() + delay >= deadline.at:
@@ -520,7 +523,7 @@ class SamplingClient:
             said = f"the server last said ({ago:.1f} s ago): {target.last_refusal}"
         reason = deadline.reason if deadline is not None else "its deadline ran out"
         option = deadline.option if deadline is not None else "call_timeout"
-        transport = self._service._transport
+        transport = self._family.transport
         return _AdmissionDeadline(
             f"sample on sampler {self.sampling_session_id} gave up after {waited:.1f} s "
             f"waiting to be served (rate limited: {limiter.in_flight} in flight, "
@@ -531,7 +534,7 @@ class SamplingClient:
 
     def _throttled(self, resp: Response, endpoint: str, target: SamplingTarget) -> _Throttled:
         """Record a 429 on a submit: what the server said, and the target is paused."""
-        transport = self._service._transport
+        transport = self._family.transport
         error = status_error(resp.status, resp.body, resp.headers, method="POST",
                              url=transport.url(endpoint), scrub=transport.credentials.secrets())
         retry_after = _retry_after(resp.headers, transport.config.retry.retry_after_cap)
@@ -554,8 +557,8 @@ class SamplingClient:
     async def _submit(self, body: dict[str, Any], clone: int, headers: dict[str, str],
                       target: SamplingTarget, limiter: Limiter, permit: Permit,
                       ) -> t.SampleResponse | _Throttled:
-        self._service._check_open()
-        if self._service._transport.dialect.sync_sample:
+        self._family.check_open()
+        if self._family.transport.dialect.sync_sample:
             answer = await self._sample_blocking(body, headers, target)
             if answer is not None:
                 return answer
@@ -565,7 +568,7 @@ class SamplingClient:
                                target: SamplingTarget) -> t.SampleResponse | _Throttled | None:
         """A server's blocking ``POST sample`` (tinkercloud): the answer is the result.
         None if the server has no such route (then the future-based ``asample`` is used)."""
-        transport = self._service._transport
+        transport = self._family.transport
         target.requests += 1
         try:
             resp = await transport.request(
@@ -590,8 +593,8 @@ class SamplingClient:
     async def _submit_and_wait(self, body: dict[str, Any], clone: int, headers: dict[str, str],
                                target: SamplingTarget, limiter: Limiter, permit: Permit,
                                ) -> t.SampleResponse | _Throttled:
-        service = self._service
-        transport = service._transport
+        family = self._family
+        transport = family.transport
         use_proto = transport.dialect.protobuf
         expired = unreadable = 0
         while True:
@@ -624,7 +627,7 @@ class SamplingClient:
                 target.active(self)
             sequence_ids = data.get("sample_sequence_ids")
             try:
-                result = await service._poller.result(
+                result = await family.poller.result(
                     request_id, "Sample", _decode_sample, protobuf=use_proto,
                     sampling_session=(self.sampling_session_id, clone), submitted_at=submitted,
                     on_queue_state=self._observe_queue_state)
@@ -640,9 +643,9 @@ class SamplingClient:
             except asyncio.CancelledError:
                 # Abandoned (a timeout or a cancel): let the server stop the work if it can.
                 # (A failed sample needs no cancel: the server is done with it.)
-                if service._transport.dialect.dynamic_flags.get("sample_cancel_enabled"):
+                if transport.dialect.dynamic_flags.get("sample_cancel_enabled"):
                     task = asyncio.get_running_loop().create_task(
-                        service._poller.cancel(request_id))
+                        family.poller.cancel(request_id))
                     _cancels.add(task)  # the loop keeps only a weak reference
                     task.add_done_callback(_cancels.discard)
                 raise
@@ -742,7 +745,7 @@ class SamplingClient:
 
     def get_telemetry(self) -> Telemetry:
         """This client family's local request counters (nothing is sent anywhere)."""
-        return self._service.get_telemetry()
+        return self._family.telemetry
 
     @homed
     async def get_base_model_async(self) -> str:
@@ -770,22 +773,22 @@ class SamplingClient:
     # --- END GENERATED SYNC FORMS ---
 
 
-#: ServiceClients whose SamplingClients were pickled, by (base URL, session id)
-_live_services: weakref.WeakValueDictionary[tuple[str, str], ServiceClient] = (
+#: client families whose SamplingClients were pickled, by (base URL, session id)
+_live_families: weakref.WeakValueDictionary[tuple[str, str], Family] = (
     weakref.WeakValueDictionary())
 
 
-#: ServiceClients made to join a session in this process, by session and credential
-_shadows: weakref.WeakValueDictionary[tuple[Any, ...], ServiceClient] = (
+#: client families made to join a session in this process, by session and credential
+_shadows: weakref.WeakValueDictionary[tuple[Any, ...], Family] = (
     weakref.WeakValueDictionary())
 
 
 def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None) -> SamplingClient:
-    from .service import ServiceClient
+    from .service import join_session
 
-    service = None if api_key is not None else _live_services.get(
+    family = None if api_key is not None else _live_families.get(
         (state["base_url"], state["session_id"]))
-    if service is None or service._closed:
+    if family is None or family.closed:
         # Another process (or another key): join the session with this process's key. One
         # joining client per session and credential, however many copies are made (each
         # would otherwise bring a connection pool, and a JWT exchange, of its own).
@@ -794,9 +797,9 @@ def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None)
         shadow_key = (state["base_url"], state["session_id"], state["dialect"],
                       hashlib.sha256(f"{key}\0{command}".encode()).hexdigest(),
                       tuple(sorted(headers.items())))
-        service = _shadows.get(shadow_key)
-        if service is None or service._closed:
-            service = _shadows[shadow_key] = ServiceClient._shadow(
+        family = _shadows.get(shadow_key)
+        if family is None or family.closed:
+            family = _shadows[shadow_key] = join_session(
                 base_url=state["base_url"], dialect=state["dialect"],
                 route_prefix=state["route_prefix"], flags=state["flags"],
                 has_client_config=state["has_client_config"], session_id=state["session_id"],
@@ -804,7 +807,7 @@ def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None)
                 api_key=api_key,
             )
     return SamplingClient(
-        service, state["sampling_session_id"], base_model=state["base_model"],
+        family, state["sampling_session_id"], base_model=state["base_model"],
         model_path=state["model_path"], record_stability_info=state["record_stability_info"],
         clone_id=random.randrange(1, _CLONE_BLOCK),
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -23,7 +22,7 @@ from ._api_future import APIFuture
 from ._config import resolve_config
 from ._configure import deferred_credentials
 from ._dialect import make_dialect
-from ._futures import FuturePoller
+from ._family import Family
 from ._loops import Home
 from ._sampling_target import SamplingStats
 from ._session import FinishStatus, Session
@@ -34,19 +33,18 @@ from .errors import (
     APIError,
     APIResponseValidationError,
     APIStatusError,
-    ClientClosedError,
     InvalidRequestError,
     NotFoundError,
 )
 from .paths import parse_checkpoint_path, require_training_checkpoint
 from .rest import RestClient
-from .sampling import BackcompatSamplingClientFuture, SamplingClient, service_stats
+from .sampling import BackcompatSamplingClientFuture, SamplingClient, family_stats
 from .telemetry import Telemetry
 from .training import BackcompatTrainingClientFuture, TrainingClient
 from .types import CustomLossInputRank, GetInfoResponse, GetServerCapabilitiesResponse, _wire
 from .types._paths import CONSOLE_BASE_URL
 
-__all__ = ["ServiceClient"]
+__all__ = ["ServiceClient", "family_of", "join_session"]
 
 log = logging.getLogger("tinker_async")
 
@@ -142,74 +140,21 @@ class ServiceClient:
             polling=polling,
             default_headers=dict(default_headers_overrides or {}),
         )
-        self._home = Home()
-        self._transport = Transport(
-            config, make_dialect(config.dialect, config.route_prefix), self._home
-        )
-        self._session = Session(
-            self._transport,
+        self._home = home = Home()
+        transport = Transport(config, make_dialect(config.dialect, config.route_prefix), home)
+        session = Session(
+            transport,
             tags=list(tags) if tags is not None else _env_tags(),
             user_metadata=user_metadata,
             project_id=config.project_id,
             display_name=display_name,
         )
-        self._poller = FuturePoller(self._transport)
-        self._telemetry = Telemetry(lambda: self._session.id)
-        self._counter_lock = threading.Lock()
-        self._model_seq = 0
-        self._sampling_session_seq = 0
-        self._closed = False
+        self._family = Family(self, home, transport, session)
         _sync.register_for_exit(self)
 
-    @classmethod
-    def _shadow(
-        cls,
-        *,
-        base_url: str,
-        dialect: str,
-        route_prefix: str,
-        flags: dict[str, Any],
-        has_client_config: bool,
-        session_id: str | None,
-        dynamic_flags: Mapping[str, Any] | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        api_key: str | None = None,
-    ) -> ServiceClient:
-        """A client joining an existing session (for unpickled SamplingClients and sampler
-        handles): the server's flags come with it, so it skips the handshake."""
-        with deferred_credentials():  # a key given later in this process serves it too
-            client = cls(base_url=base_url, dialect=dialect, route_prefix=route_prefix,
-                         default_headers_overrides=default_headers, api_key=api_key)
-        d = client._transport.dialect
-        d.flags.update(flags)
-        if has_client_config:
-            d.apply_client_config(flags)
-        d.dynamic_flags.update(dynamic_flags or {})
-        client._session.handshaken = True
-        client._session.id = session_id
-        client._session.owned = False
-        return client
-
-    def _next_model_seq(self) -> int:
-        with self._counter_lock:
-            seq, self._model_seq = self._model_seq, self._model_seq + 1
-        return seq
-
-    def _give_back_model_seq(self, seq: int) -> None:
-        """Reuse ``seq`` for the next model: its request was refused, so the server's
-        sequence has no such entry (a gap would stall later creates there)."""
-        with self._counter_lock:
-            if self._model_seq == seq + 1:
-                self._model_seq = seq
-
-    def _next_sampling_session_seq(self) -> int:
-        with self._counter_lock:
-            seq, self._sampling_session_seq = self._sampling_session_seq, self._sampling_session_seq + 1
-        return seq
-
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"session={self._session.id!r}"
-        return f"ServiceClient(base_url={self._transport.config.base_url!r}, {state})"
+        state = "closed" if self._family.closed else f"session={self._family.session.id!r}"
+        return f"ServiceClient(base_url={self._family.transport.config.base_url!r}, {state})"
 
     def __reduce__(self) -> Any:
         raise TypeError(
@@ -222,50 +167,30 @@ class ServiceClient:
     @property
     def session_id(self) -> str | None:
         """The server session id, once the session exists."""
-        return self._session.id
+        return self._family.session.id
 
     @property
     def dialect(self) -> str:
         """What the server speaks ("official", "legacy", "twinkle", ...), after the handshake."""
-        return self._transport.dialect.name
-
-    def _check_open(self) -> None:
-        """Refuse a call when the client is closed or its server session is gone."""
-        self._check_not_closed()
-        self._session.check_alive()
-
-    def _check_not_closed(self) -> None:
-        """Refuse a call when the client is closed (calls that need no session: REST)."""
-        if self._closed:
-            raise ClientClosedError("This ServiceClient is closed; create a new one.")
-
-    async def _ensure_session(self) -> str:
-        self._check_open()
-        return await self._session.ensure()
+        return self._family.transport.dialect.name
 
     # -- calls --------------------------------------------------------------------------
 
     @homed
     async def connect_async(self) -> str:
         """Handshake and create the server session now (else the first call does); its id."""
-        return await self._ensure_session()
+        return await self._family.ensure_session()
 
     @homed
     async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
         """The models the server supports."""
-        self._check_open()  # like every ServiceClient call: refused once the session is gone
+        self._family.check_open()  # like every ServiceClient call: refused once the session is gone
         return await self.create_rest_client().get_server_capabilities_async()
 
-    async def _poll_json(self, resp_json: Any, request_type: str) -> Any:
-        request_id = resp_json.get("request_id") if isinstance(resp_json, dict) else None
-        if not isinstance(request_id, str):
-            raise APIError(f"expected a future with a request_id, got {resp_json!r}")
-        return await self._poller.result(request_id, request_type, lambda r: r.json())
-
     async def _training_client(self, model_id: str, first_seq: int = 1) -> TrainingClient:
-        resp = await self._transport.request(
+        resp = await self._family.transport.request(
             "POST", "get_info", json={"model_id": model_id, "type": "get_info"})
-        return TrainingClient(self, model_id, resp.decode(GetInfoResponse), first_seq=first_seq)
+        return TrainingClient(self._family, model_id, resp.decode(GetInfoResponse), first_seq=first_seq)
 
     @homed
     async def create_lora_training_client_async(
@@ -286,20 +211,20 @@ class ServiceClient:
             raise InvalidRequestError(f"rank must be an int >= 1, got {rank!r}")
         if not (train_mlp or train_attn or train_unembed):
             raise InvalidRequestError("at least one of train_mlp, train_attn, train_unembed must be True")
-        session_id = await self._ensure_session()
+        session_id = await self._family.ensure_session()
         lora: dict[str, Any] = {"rank": rank, "train_unembed": train_unembed,
                                 "train_mlp": train_mlp, "train_attn": train_attn}
         if seed is not None:
             lora["seed"] = seed
-        body: dict[str, Any] = {"session_id": session_id, "model_seq_id": self._next_model_seq(),
+        body: dict[str, Any] = {"session_id": session_id, "model_seq_id": self._family.next_model_seq(),
                                 "base_model": base_model, "lora_config": lora,
                                 "type": "create_model"}
         if user_metadata:
             body["user_metadata"] = dict(user_metadata)
         if optimizer is not None and getattr(optimizer, "type", "adamw") != "adamw":
             body["optimizer_config"] = _wire.to_builtins(optimizer)
-        resp = await self._transport.request("POST", "create_model", json=body)
-        result = await self._poll_json(resp.json(), "CreateModel")
+        resp = await self._family.transport.request("POST", "create_model", json=body)
+        result = await self._family.poll_json(resp.json(), "CreateModel")
         model_id = result.get("model_id") if isinstance(result, dict) else None
         if not isinstance(model_id, str):
             raise APIError(f"create_model finished without a model_id: {result!r}")
@@ -310,8 +235,8 @@ class ServiceClient:
         weights_access_token: str | None, optimizer: bool, optimizer_config: Any = None,
     ) -> TrainingClient:
         parsed = require_training_checkpoint(path, "create_training_client_from_state")
-        session_id = await self._ensure_session()
-        if self._transport.dialect.create_via_load:
+        session_id = await self._family.ensure_session()
+        if self._family.transport.dialect.create_via_load:
             try:
                 return await self._create_via_load(
                     session_id, path, base_model, user_metadata, weights_access_token,
@@ -322,7 +247,7 @@ class ServiceClient:
                 # A refusal applies nothing: from now on this session uses the two-step form.
                 log.debug("the server refused create-via-load (%s); using create_model + "
                           "load_weights", exc)
-                self._transport.dialect.create_via_load = False
+                self._family.transport.dialect.create_via_load = False
         # Servers without create-via-load: create a model like the checkpoint's, then load
         # the checkpoint as its first operation (the only place some servers allow it).
         rest = self.create_rest_client()
@@ -351,7 +276,7 @@ class ServiceClient:
         """The one-call form: ``load_weights`` with ``session_id`` + ``model_seq_id``."""
         # The server reads the base model and LoRA settings from the checkpoint itself
         # (also one under another account, with weights_access_token): no lookup here.
-        seq = self._next_model_seq()
+        seq = self._family.next_model_seq()
         body: dict[str, Any] = {"session_id": session_id, "model_seq_id": seq,
                                 "path": path, "optimizer": optimizer, "type": "load_weights"}
         if base_model is not None:
@@ -363,11 +288,11 @@ class ServiceClient:
         if optimizer_config is not None and getattr(optimizer_config, "type", "adamw") != "adamw":
             body["optimizer_config"] = _wire.to_builtins(optimizer_config)
         try:
-            promise = (await self._transport.request("POST", "load_weights", json=body)).json()
+            promise = (await self._family.transport.request("POST", "load_weights", json=body)).json()
         except APIStatusError:
-            self._give_back_model_seq(seq)  # refused: nothing was applied
+            self._family.give_back_model_seq(seq)  # refused: nothing was applied
             raise
-        result = await self._poll_json(promise, "LoadWeights")
+        result = await self._family.poll_json(promise, "LoadWeights")
         model_id = result.get("model_id") if isinstance(result, dict) else None
         if not isinstance(model_id, str):  # the id the server derives (reference 2.4)
             model_id = f"{session_id}:train:{seq}"
@@ -423,22 +348,22 @@ class ServiceClient:
             raise InvalidRequestError("give model_path (tinker://...) or base_model")
         if model_path is not None:
             parse_checkpoint_path(model_path)
-        session_id = await self._ensure_session()
+        session_id = await self._family.ensure_session()
         body: dict[str, Any] = {"session_id": session_id,
-                                "sampling_session_seq_id": self._next_sampling_session_seq(),
+                                "sampling_session_seq_id": self._family.next_sampling_session_seq(),
                                 "type": "create_sampling_session"}
         if base_model is not None:
             body["base_model"] = base_model
         if model_path is not None:
             body["model_path"] = model_path
-        dialect = self._transport.dialect
+        dialect = self._family.transport.dialect
         try:
-            resp = await self._transport.request("POST", dialect.sampling_session_route, json=body)
+            resp = await self._family.transport.request("POST", dialect.sampling_session_route, json=body)
         except NotFoundError as exc:
             if dialect.sampling_session_route != "create_sampling_session":
                 raise
             # tinkercloud-style servers name the route create_sampling_client (same body).
-            resp = await self._transport.request("POST", "create_sampling_client", json=body)
+            resp = await self._family.transport.request("POST", "create_sampling_client", json=body)
             log.debug("no create_sampling_session (%s); using create_sampling_client", exc)
             dialect.sampling_session_route = "create_sampling_client"
         data = resp.json()
@@ -446,7 +371,7 @@ class ServiceClient:
         if base_model is None:
             sampler = await self.create_rest_client().get_sampler_async(sampling_session_id)
             base_model = sampler.base_model
-        return SamplingClient(self, sampling_session_id, base_model=base_model,
+        return SamplingClient(self._family, sampling_session_id, base_model=base_model,
                               model_path=model_path, record_stability_info=record_stability_info,
                               max_concurrency=max_concurrency)
 
@@ -468,7 +393,7 @@ class ServiceClient:
         elsewhere it runs client-side. Each loss is created once per session, and its
         handle works only with clients of this session.
         """
-        return await _custom_loss.create_custom_loss(self, _custom_loss.trace_loss(fn, input_ranks))
+        return await _custom_loss.create_custom_loss(self._family, _custom_loss.trace_loss(fn, input_ranks))
 
     def create_custom_loss(
         self, fn: PerDatumLossFn, input_ranks: Mapping[str, CustomLossInputRank]
@@ -479,20 +404,20 @@ class ServiceClient:
         traced and checked here, at the call (a bad ``fn`` raises at once); the upload runs
         in the returned APIFuture.
         """
-        self._check_open()
+        self._family.check_open()
         loss = _custom_loss.trace_loss(fn, input_ranks)
         return _sync.call(self, self._create_traced_loss_async(loss))
 
     @homed
     async def _create_traced_loss_async(self, loss: LossHandle) -> LossHandle:
-        return await _custom_loss.create_custom_loss(self, loss)
+        return await _custom_loss.create_custom_loss(self._family, loss)
 
     async def _sampling_session_id(self, answer: Any) -> str:
         """The id in a create_sampling_session answer: given at once, or (hatchery-core) as
         the result of a future to poll."""
         found = answer.get("sampling_session_id") if isinstance(answer, dict) else None
         if found is None and isinstance(answer, dict) and isinstance(answer.get("request_id"), str):
-            result = await self._poll_json(answer, "CreateSamplingSession")
+            result = await self._family.poll_json(answer, "CreateSamplingSession")
             found = next((v for v in (
                 result.get("sampling_session_id") if isinstance(result, dict) else None,
                 result.get("model_id") if isinstance(result, dict) else None,
@@ -509,41 +434,41 @@ class ServiceClient:
     ) -> str:
         """Copy a checkpoint into this client's project (``project_id``); the new path."""
         return await self.create_rest_client().copy_weights_async(
-            path, self._transport.config.project_id, ttl_seconds=ttl_seconds,
+            path, self._family.transport.config.project_id, ttl_seconds=ttl_seconds,
             weights_access_token=weights_access_token)
 
     def get_telemetry(self) -> Telemetry:
         """This client family's local event log (the official surface; nothing is sent)."""
-        return self._telemetry
+        return self._family.telemetry
 
     def stats(self) -> SamplingStats:
         """The sampling stats of every sampler of this client in this process, added up:
         in flight, queued, limits, 429s, retries, timeouts, latency percentiles and mean
         queue wait (see ``SamplingClient.stats()`` for one sampler's)."""
-        return service_stats(self)
+        return family_stats(self._family)
 
     def get_console_url(self) -> str:
         """The Tinker console page of this session (once the session exists)."""
-        return f"{CONSOLE_BASE_URL}/sessions/{quote(self._session.id or '', safe='')}"
+        return f"{CONSOLE_BASE_URL}/sessions/{quote(self._family.session.id or '', safe='')}"
 
     def create_rest_client(self) -> RestClient:
         """A RestClient sharing this client's connection pool (it needs no session, so it
         works after the session is gone)."""
-        self._check_not_closed()
-        return RestClient(self)
+        self._family.check_not_closed()
+        return RestClient(self._family)
 
     @homed
     async def close_async(self, status: FinishStatus = "success", detail: str | None = None) -> None:
         """Finish the server session, stop the heartbeat and close the pool. Idempotent."""
-        if self._closed:
+        if self._family.closed:
             return
-        self._closed = True
-        self._transport.closing = True
+        self._family.closed = True
+        self._family.transport.closing = True
         _sync.unregister_for_exit(self)
         try:
-            await self._session.close(status, detail)
+            await self._family.session.close(status, detail)
         finally:
-            await self._transport.aclose()
+            await self._family.transport.aclose()
 
     # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---
     def connect(self) -> APIFuture[str]:
@@ -637,7 +562,7 @@ class ServiceClient:
         traceback: TracebackType | None,
     ) -> None:
         if self._home.loop is None:  # never used: nothing on the server to finish
-            self._closed = True
+            self._family.closed = True
             _sync.unregister_for_exit(self)
             return
         interrupted = exc_type is not None and not issubclass(exc_type, Exception)
@@ -649,7 +574,7 @@ class ServiceClient:
 
     def _close_at_exit(self) -> None:
         """Called by atexit for a client still open: finish the session, quietly."""
-        if self._closed or self._home.loop is None:
+        if self._family.closed or self._home.loop is None:
             return
         try:
             self.close("interrupted", "process exited without closing the client").result(
@@ -664,3 +589,32 @@ def _finish_status(exc_type: type[BaseException] | None) -> FinishStatus:
         return "success"
     return "errored" if issubclass(exc_type, Exception) else "interrupted"
 
+
+def join_session(
+    *,
+    base_url: str,
+    dialect: str,
+    route_prefix: str,
+    flags: dict[str, Any],
+    has_client_config: bool,
+    session_id: str | None,
+    dynamic_flags: Mapping[str, Any] | None = None,
+    default_headers: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+) -> Family:
+    """The family of a new ServiceClient that joins an existing server session (for
+    unpickled SamplingClients and sampler handles): the server's flags come with it, so it
+    skips the handshake, and it never finishes the session it joined."""
+    with deferred_credentials():  # a key given later in this process serves it too
+        client = ServiceClient(base_url=base_url, dialect=dialect, route_prefix=route_prefix,
+                               default_headers_overrides=default_headers, api_key=api_key)
+    family = client._family
+    family.transport.dialect.adopt(flags, has_client_config, dynamic_flags or {})
+    family.session.join(session_id)
+    return family
+
+
+def family_of(client: ServiceClient) -> Family:
+    """The machinery ``client`` shares with the clients it makes (see ``_family``): for
+    the library's clients, which are handed it at construction."""
+    return client._family

@@ -46,6 +46,7 @@ import numpy as np
 from . import _argcheck, _chunking, _proto, _sync
 from . import types as t
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
+from ._family import Family
 from ._loops import in_guest_run, running_loop
 from ._sync import homed
 from ._transport import PROTOBUF, Response, Transport, new_idempotency_key
@@ -68,7 +69,6 @@ from .types._paths import CONSOLE_BASE_URL
 if TYPE_CHECKING:
     from .custom_loss import LossHandle
     from .sampling import SamplingClient
-    from .service import ServiceClient
 
 __all__ = ["BackcompatTrainingClientFuture", "TrainingClient"]
 
@@ -294,8 +294,8 @@ class _FwdBwdBatch:
                  bodies: list[_proto.ForwardBackwardBody], loss_fn: str,
                  loss_fn_config: Mapping[str, float | str] | None, forward_only: bool) -> None:
         self.client = client
-        self.service = client._service
-        self.dialect = self.service._transport.dialect
+        self.family = client._family
+        self.dialect = self.family.transport.dialect
         self.chunks = chunks
         self.bodies = bodies
         self.loss_fn = loss_fn
@@ -312,7 +312,7 @@ class _FwdBwdBatch:
     ) -> _FwdBwdBatch:
         """Split ``data`` into the server's chunks and encode them (the seq ids are written
         in at submit, when the turn comes)."""
-        dialect = client._service._transport.dialect
+        dialect = client._family.transport.dialect
         chunks = _chunking.split_datums(
             data, int(dialect.flag("fwdbwd_max_chunk_len")),
             int(dialect.flag("fwdbwd_max_chunk_bytes_count")))
@@ -353,7 +353,7 @@ class _FwdBwdBatch:
         return request_ids
 
     async def _send(self, i: int, turn: _Turn) -> str:
-        transport = self.service._transport
+        transport = self.family.transport
         seq = turn.seq + i
         if self.use_proto:
             payload: bytes | memoryview = self.bodies[i].payload(seq)
@@ -369,7 +369,7 @@ class _FwdBwdBatch:
         return request_id
 
     async def _send_json(self, i: int, seq: int) -> str:
-        transport = self.service._transport
+        transport = self.family.transport
         dialect = self.dialect
         endpoint = ("forward" if self.forward_only and dialect.separate_forward
                     else "forward_backward")
@@ -395,7 +395,7 @@ class _FwdBwdBatch:
                       ) -> t.ForwardBackwardOutput:
         """Wait for every chunk's result and combine them."""
         results = await asyncio.gather(*(
-            self.service._poller.result(request_id, self.request_type, _decode_fb,
+            self.family.poller.result(request_id, self.request_type, _decode_fb,
                                         protobuf=self.use_proto, submitted_at=submitted)
             for request_id in request_ids))
         if len(results) == 1:
@@ -413,13 +413,13 @@ class TrainingClient:
     """Trains one LoRA model. Made by :class:`ServiceClient`; not constructed directly."""
 
     def __init__(
-        self, service: ServiceClient, model_id: str, info: t.GetInfoResponse, *, first_seq: int = 1
+        self, family: Family, model_id: str, info: t.GetInfoResponse, *, first_seq: int = 1
     ) -> None:
-        self._service = service
-        self._home = service._home
+        self._family = family
+        self._home = family.home
         self.model_id = model_id
         self._info = info
-        self._seq = _Sequencer(first_seq, service._check_open)
+        self._seq = _Sequencer(first_seq, family.check_open)
         self._home.on_move(self._seq.reset_loop_state)
 
     def __repr__(self) -> str:
@@ -436,7 +436,7 @@ class TrainingClient:
 
     def get_telemetry(self) -> Telemetry:
         """This client family's local event log (the official surface; nothing is sent)."""
-        return self._service.get_telemetry()
+        return self._family.telemetry
 
     def get_tokenizer(self) -> Any:
         """The model's tokenizer (the embedded server's byte tokenizer needs no extras)."""
@@ -460,8 +460,8 @@ class TrainingClient:
     async def delete_model_async(self) -> None:
         """Free this model on the server (tinkercloud's ``delete_model``): its weights are
         gone, so save what you need first. Later calls of this client fail at once."""
-        self._service._check_open()
-        await self._service._transport.request(
+        self._family.check_open()
+        await self._family.transport.request(
             "POST", "delete_model", json={"model_id": self.model_id})
         self._seq.break_with(ClientClosedError(
             f"The model {self.model_id} was deleted (delete_model); make a new training "
@@ -480,7 +480,7 @@ class TrainingClient:
         """Wait for ``ticket``'s turn, submit one JSON request, start polling its result."""
 
         async def send(turn: _Turn) -> str:
-            request_id = await _admitted(self._service._transport, endpoint,
+            request_id = await _admitted(self._family.transport, endpoint,
                                          json=build(turn.seq))
             turn.used = 1
             return request_id
@@ -507,7 +507,7 @@ class TrainingClient:
         *, protobuf: bool, submitted: float,
     ) -> APIFuture[Any]:
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._service._poller.result(
+        task = loop.create_task(self._family.poller.result(
             request_id, request_type, decode, protobuf=protobuf, submitted_at=submitted))
         return APIFuture._from_task(task, loop)
 
@@ -583,7 +583,7 @@ class TrainingClient:
         from .custom_loss import LossHandle, as_loss_fn, check_handle_batch
 
         if isinstance(loss_fn, LossHandle):
-            checked = check_handle_batch(loss_fn, data, self._service.session_id)
+            checked = check_handle_batch(loss_fn, data, self._family.session.id)
             if loss_fn.loss_id is not None:
                 return await self._run_forward_backward(
                     checked, "custom", {"loss_id": loss_fn.loss_id}, False)
@@ -755,16 +755,16 @@ class TrainingClient:
         kind: Literal["snapshot", "inflight"] = "snapshot",
     ) -> SamplingClient:
         """Save the current weights for sampling and return a SamplingClient on them."""
-        service = self._service
-        dialect = service._transport.dialect
+        family = self._family
+        dialect = family.transport.dialect
         if not dialect.has_client_config:
             # Older servers have no ephemeral sampler save: save under a name instead.
             saved = await (await self.save_weights_for_sampler_async(
                 name or f"ephemeral-{int(time.time())}-{uuid.uuid4().hex[:8]}"))
-            return await service.create_sampling_client_async(
+            return await family.owner.create_sampling_client_async(
                 model_path=saved.path, base_model=self.get_base_model())
         ticket = self._seq.tickets(1)[0]
-        sampling_seq = service._next_sampling_session_seq()
+        sampling_seq = family.next_sampling_session_seq()
         body: dict[str, Any] = {"model_id": self.model_id, "sampling_session_seq_id": sampling_seq,
                                 "type": "save_weights_for_sampler"}
         if kind != "snapshot":
@@ -778,7 +778,7 @@ class TrainingClient:
             raise APIError(f"save_weights_for_sampler gave no sampling_session_id: {result!r}")
         from .sampling import SamplingClient
 
-        return SamplingClient(service, sampling_session_id, base_model=self.get_base_model(),
+        return SamplingClient(family, sampling_session_id, base_model=self.get_base_model(),
                               record_stability_info=record_stability_info)
 
     @homed
@@ -788,7 +788,7 @@ class TrainingClient:
         """A SamplingClient on saved sampler weights (``tinker://.../sampler_weights/...``)."""
         # Not this model's base model: the weights may come from another run, so the
         # server says which base model they belong to (as in the official SDK).
-        return await self._service.create_sampling_client_async(
+        return await self._family.owner.create_sampling_client_async(
             model_path=model_path, record_stability_info=record_stability_info)
 
     # --- BEGIN GENERATED SYNC FORMS (scripts/gen_sync.py; do not edit) ---

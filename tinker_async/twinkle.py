@@ -23,7 +23,7 @@ from . import _argcheck, _sync
 from . import types as t
 from ._loops import running_loop
 from ._sync import homed
-from .service import ServiceClient
+from .service import ServiceClient, family_of
 
 __all__ = ["DeleteCheckpointResponse", "ParsedCheckpointTwinklePath", "TwinkleClient"]
 
@@ -60,9 +60,10 @@ class TwinkleClient:
         self._service = ServiceClient(
             metadata, base_url=base_url, api_key=api_key, dialect="twinkle",
             route_prefix=route_prefix or "", heartbeat_interval=session_heartbeat_interval)
-        self._home = self._service._home
+        family = family_of(self._service)
+        self._home = family.home
         self._rest = self._service.create_rest_client()
-        self.base_url = self._service._transport.config.base_url
+        self.base_url = family.transport.config.base_url
         self.route_prefix = (route_prefix or "").rstrip("/")
         if running_loop() is None:
             self._service.connect().result()
