@@ -17,15 +17,14 @@ and also at ``POST retrieve_future/{request_id}``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
+from .. import types as t
 from ._capacity import queue_state_of
-from ._errors import ApiError, gone, json_response, no_content, not_found
+from ._errors import ApiError, ValidationIssue, gone, json_response, no_content, not_found
 from ._futures import PROTOBUF, ServerFuture
 from ._routing import Route, ServerContext, context, route
-from ._validate import Fields, read_json_object
+from ._validate import at_least, convert_request, finish, read_json_object, read_request
 
 __all__ = ["ROUTES"]
 
@@ -33,12 +32,16 @@ __all__ = ["ROUTES"]
 async def retrieve_future(request: web.Request) -> web.Response:
     """``POST retrieve_future`` (and tinkercloud's ``retrieve_future/{request_id}``)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    request_id = request.match_info.get("request_id") or fields.text("request_id")
-    if "request_id" in request.match_info:
-        fields.ignore("request_id")
-    allow_metadata_only = fields.flag("allow_metadata_only")
-    fields.finish()
+    strict = ctx.dialect.strict_fields
+    in_path = request.match_info.get("request_id")
+    if in_path is None:
+        body = await read_request(request, t.FutureRetrieveRequest, strict=strict)
+    else:  # tinkercloud: the id is in the path; the body need not repeat it
+        obj = await read_json_object(request)
+        obj.setdefault("request_id", in_path)
+        body = convert_request(obj, t.FutureRetrieveRequest, strict=strict)
+    request_id = in_path or body.request_id
+    allow_metadata_only = body.allow_metadata_only
 
     store = ctx.futures
     future = store.get(request_id)
@@ -88,17 +91,16 @@ def _tinkercloud_answer(future: ServerFuture) -> web.Response:
 async def retrieve_futures(request: web.Request) -> web.Response:
     """``POST retrieve_futures``: the long-poll of one sampling session's completions."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    target = fields.nested("target")
-    sampler_id, clone = "", 0
-    if target is not None:
-        target.text("type", default="sampling_session", choices=("sampling_session",))
-        sampler_id = target.text("sampling_session_id")
-        clone = target.integer("cloned_sampler_id", default=0, ge=0)
-    prev_cursor = fields.integer("prev_cursor", default=0, ge=0)
-    timeout = fields.opt_number("timeout", ge=0)
-    retrieved = fields.strings("retrieved_request_ids")
-    fields.finish()
+    body = await read_request(request, t.FuturesRetrieveRequest, strict=ctx.dialect.strict_fields)
+    sampler_id, clone = body.target.sampling_session_id, body.target.cloned_sampler_id
+    prev_cursor, timeout, retrieved = body.prev_cursor, body.timeout, body.retrieved_request_ids
+    issues: list[ValidationIssue] = []  # bounds the official schema does not state
+    at_least(issues, "prev_cursor", prev_cursor, 0)
+    at_least(issues, "timeout", timeout, 0)
+    finish(issues)
+    if clone < 0:
+        finish([{"loc": ["body", "target", "cloned_sampler_id"], "type": "greater_than_equal",
+                 "msg": "Input should be greater than or equal to 0", "input": clone}])
 
     try:
         sampler = ctx.state.get_sampler(sampler_id)
@@ -120,9 +122,8 @@ async def retrieve_futures(request: web.Request) -> web.Response:
 async def cancel_future(request: web.Request) -> web.Response:
     """``POST cancel_future {"request_id"}``: stop pending work (404 if unknown)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    request_id = fields.text("request_id")
-    fields.finish()
+    body = await read_request(request, t.CancelFutureRequest, strict=ctx.dialect.strict_fields)
+    request_id = body.request_id
     if not ctx.futures.cancel(request_id):
         raise not_found(f"Future not found: {request_id}")
     return no_content()
@@ -131,12 +132,13 @@ async def cancel_future(request: web.Request) -> web.Response:
 async def cleanup_futures(request: web.Request) -> web.Response:
     """``POST cleanup_futures {"max_age_hours"}`` -> ``{"cleaned_count"}`` (tinkercloud)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    max_age_hours = fields.opt_number("max_age_hours", ge=0)
-    fields.finish()
+    body = await read_request(request, t.CleanupFuturesRequest, strict=ctx.dialect.strict_fields)
+    max_age_hours = body.max_age_hours
+    issues: list[ValidationIssue] = []
+    at_least(issues, "max_age_hours", max_age_hours, 0)
+    finish(issues)
     hours = 24.0 if max_age_hours is None else max_age_hours
-    body: dict[str, Any] = {"cleaned_count": ctx.futures.cleanup(hours * 3600.0)}
-    return json_response(body)
+    return json_response({"cleaned_count": ctx.futures.cleanup(hours * 3600.0)})
 
 
 ROUTES: tuple[Route, ...] = (

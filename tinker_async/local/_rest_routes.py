@@ -11,6 +11,7 @@ field names.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import secrets
 import tarfile
@@ -376,10 +377,42 @@ def _status_matches(record: SessionRecord, wanted: list[tuple[str, list[str] | N
     return False
 
 
-async def search_sessions(request: web.Request) -> web.Response:
-    """``POST sessions/search``: filtered, newest first, paged by ``(created_at, id)`` cursor."""
-    ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
+@dataclasses.dataclass
+class _SessionSearch:
+    """A ``sessions/search`` body, read and checked."""
+
+    session_id: str | None
+    project_ids: list[str] | None
+    metadata: dict[str, Any]
+    display_name: str | None
+    owner_type: str
+    owner_urns: list[str]
+    wanted: list[tuple[str, list[str] | None]] | None
+    limit: int
+    after: tuple[datetime, str] | None
+
+    def keep(self, record: SessionRecord) -> bool:
+        """Whether the session matches every filter given."""
+        if self.session_id is not None or self.display_name is not None:
+            by_id = self.session_id is not None and record.session_id == self.session_id
+            words = (self.display_name or "").lower().split()
+            name = (record.display_name or "").lower()
+            by_name = self.display_name is not None and all(w in name for w in words)
+            if not (by_id or by_name):
+                return False
+        if self.project_ids is not None and (
+                record.project_id or _DEFAULT_PROJECT) not in self.project_ids:
+            return False
+        user_metadata = _string_map(record.user_metadata) or {}
+        if any(user_metadata.get(k) != v for k, v in self.metadata.items()):
+            return False
+        if self.owner_type == "user" and LOCAL_OWNER not in self.owner_urns:
+            return False
+        return self.wanted is None or _status_matches(record, self.wanted)
+
+
+def _read_session_search(fields: Fields) -> _SessionSearch:
+    """Read a ``sessions/search`` body, field by field in the order issues are reported."""
     session_id = fields.opt_text("session_id")
     project_ids = fields.opt_strings("project_ids")
     metadata = fields.opt_mapping("user_metadata", str_values=True) or {}
@@ -398,40 +431,38 @@ async def search_sessions(request: web.Request) -> web.Response:
             kind = item.text("type", choices=("active", "cancelled", "failed", "client_finished"))
             wanted.append((kind, item.opt_strings("reasons")))
     limit = fields.integer("limit", default=50, ge=1, le=200)
-    after: tuple[datetime, str] | None = None
-    cursor_fields = fields.nested("cursor", required=False)
-    if cursor_fields is not None:
-        last_created = cursor_fields.text("last_created_at")
-        last_id = cursor_fields.text("last_session_id")
-        parsed = _parse_time(last_created)
-        if last_created and parsed is None:
-            cursor_fields.add_issue(
-                "last_created_at", "timezone_aware", "Input should have timezone info", last_created
-            )
-        after = (parsed, last_id) if parsed is not None else None
+    after = _read_session_cursor(fields)
     fields.finish()
+    return _SessionSearch(session_id, project_ids, metadata, display_name, owner_type,
+                          owner_urns, wanted, limit, after)
 
-    def keep(record: SessionRecord) -> bool:
-        if session_id is not None or display_name is not None:
-            by_id = session_id is not None and record.session_id == session_id
-            words = (display_name or "").lower().split()
-            name = (record.display_name or "").lower()
-            by_name = display_name is not None and all(w in name for w in words)
-            if not (by_id or by_name):
-                return False
-        if project_ids is not None and (record.project_id or _DEFAULT_PROJECT) not in project_ids:
-            return False
-        user_metadata = _string_map(record.user_metadata) or {}
-        if any(user_metadata.get(k) != v for k, v in metadata.items()):
-            return False
-        if owner_type == "user" and LOCAL_OWNER not in owner_urns:
-            return False
-        return wanted is None or _status_matches(record, wanted)
+
+def _read_session_cursor(fields: Fields) -> tuple[datetime, str] | None:
+    """The ``cursor`` of a ``sessions/search`` body: page after this (created_at, id)."""
+    cursor_fields = fields.nested("cursor", required=False)
+    if cursor_fields is None:
+        return None
+    last_created = cursor_fields.text("last_created_at")
+    last_id = cursor_fields.text("last_session_id")
+    parsed = _parse_time(last_created)
+    if last_created and parsed is None:
+        cursor_fields.add_issue(
+            "last_created_at", "timezone_aware", "Input should have timezone info", last_created
+        )
+    return (parsed, last_id) if parsed is not None else None
+
+
+async def search_sessions(request: web.Request) -> web.Response:
+    """``POST sessions/search``: filtered, newest first, paged by ``(created_at, id)`` cursor."""
+    ctx = context(request)
+    search = _read_session_search(
+        Fields(await read_json_object(request), strict=ctx.dialect.strict_fields))
 
     def sort_key(record: SessionRecord) -> tuple[datetime, str]:
         return (datetime.fromtimestamp(record.created_at, timezone.utc), record.session_id)
 
-    matches = [r for r in ctx.state.list_sessions() if keep(r)]
+    matches = [r for r in ctx.state.list_sessions() if search.keep(r)]
+    after, limit = search.after, search.limit
     if after is not None:
         matches = [r for r in matches if sort_key(r) < after]
     shown = matches[:limit]

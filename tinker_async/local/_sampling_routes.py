@@ -28,18 +28,20 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 from aiohttp import web
 
+from .. import types as t
 from ._capacity import BACKPRESSURE_HEADER, key_id, sample_slots
-from ._errors import ApiError, bad_request, json_response
+from ._errors import ApiError, ValidationIssue, bad_request, json_response
 from ._futures import FutureFailure
-from ._inputs import tensor_from_json, tokens_from_json
+from ._inputs import tensor_from_json
 from ._model import BaseModel, SampleRequest, SampleResult, sample_many
 from ._models import ModelRegistry, registry
 from ._outputs import sample_json, sample_proto
 from ._routing import Route, ServerContext, context, route
-from ._validate import Fields, read_json_object
+from ._validate import at_least, finish, read_request
 
 __all__ = ["ROUTES"]
 
@@ -71,70 +73,81 @@ class _Parsed(NamedTuple):
 # ----------------------------------------------------------------------------------- parsing
 
 
-def _parse(body: dict[str, Any], strict: bool) -> _Parsed:
-    """The sampling request of a JSON body (422 for wrong types, 400 for a bad prompt)."""
-    fields = Fields(body, strict=strict)
-    num_samples = fields.integer("num_samples", default=1, ge=1)
-    prompt = fields.nested("prompt")
-    if prompt is not None:
-        prompt.opt_list("chunks")
-    params = fields.nested("sampling_params", required=False)
-    max_tokens = seed = None
-    temperature, top_p, top_k = 1.0, 1.0, -1
-    stop: Any = None
-    if params is not None:
-        max_tokens = params.opt_integer("max_tokens", ge=0)
-        seed = params.opt_integer("seed")
-        temperature_value = params.opt_number("temperature", ge=0)
-        temperature = 1.0 if temperature_value is None else temperature_value
-        top_p_value = params.opt_number("top_p")
-        top_p = 1.0 if top_p_value is None else top_p_value
-        top_k = params.integer("top_k", default=-1)
-        params.ignore("stop")
-        stop = body["sampling_params"].get("stop")
-        if stop is not None and not isinstance(stop, (str, list)):
-            params.add_issue("stop", "type_error", "Input should be a string or a list", stop)
-    sampling_session_id = fields.opt_text("sampling_session_id")
-    base_model = fields.opt_text("base_model")
-    model_path = fields.opt_text("model_path")
-    seq_id = fields.opt_integer("seq_id", ge=0)
-    # ``include_prompt_logprobs`` is how some third-party clients spell it.
-    prompt_logprobs = fields.flag("prompt_logprobs") or fields.flag("include_prompt_logprobs")
-    topk_prompt = fields.integer("topk_prompt_logprobs", default=0, ge=0)
-    topk_sample = fields.integer("topk_sample_logprobs", default=0, ge=0)
-    alt_k = fields.integer("prompt_alt_tokens_k", default=0, ge=0)
-    last_n = fields.opt_integer("prompt_logprobs_last_n", ge=1)
-    fields.flag("record_stability_info")  # nothing to record in the local model
-    fields.ignore("target_prompt_logprobs", "type")
-    fields.finish()
+_SAMPLE_DEFAULTS: dict[str, Any] = {"sampling_params": {}}
+"""Required officially, optional here (bodies written from other servers' docs)."""
 
+
+async def _read_sample(request: web.Request, ctx: ServerContext) -> t.SampleRequest:
+    """The sample body: tinkercloud's documented shape on its dialect, else the official."""
+    cls = t.TinkercloudSampleRequest if ctx.dialect.sync_sample else t.SampleRequest
+    return await read_request(request, cls, strict=ctx.dialect.strict_fields,
+                              defaults=_SAMPLE_DEFAULTS)
+
+
+def _prompt_tokens(prompt: t.ModelInput) -> np.ndarray[Any, Any]:
+    """The prompt's tokens as one int64 array (400 for a chunk that is not text)."""
+    parts = []
+    for chunk in prompt.chunks:
+        if not isinstance(chunk, t.EncodedTextChunk):
+            raise bad_request(
+                f"prompt: a {chunk.type!r} chunk cannot be used here; the local model reads "
+                f"token (encoded_text) chunks only"
+            )
+        parts.append(chunk.tokens)
+    if len(parts) == 1:
+        return np.asarray(parts[0], dtype=np.int64)
+    return np.asarray([token for part in parts for token in part], dtype=np.int64)
+
+
+def _parse(body: t.SampleRequest) -> _Parsed:
+    """The sampling request of a decoded body (422 for values out of range, 400 for a bad
+    prompt or target)."""
+    params = body.sampling_params
+    # Bounds the official schema does not state (the local model needs them).
+    issues: list[ValidationIssue] = []
+    at_least(issues, "num_samples", body.num_samples, 1)
+    at_least(issues, "seq_id", body.seq_id, 0)
+    at_least(issues, "topk_prompt_logprobs", body.topk_prompt_logprobs, 0)
+    at_least(issues, "topk_sample_logprobs", body.topk_sample_logprobs, 0)
+    at_least(issues, "prompt_alt_tokens_k", body.prompt_alt_tokens_k, 0)
+    at_least(issues, "prompt_logprobs_last_n", body.prompt_logprobs_last_n, 1)
+    at_least(issues, "max_tokens", params.max_tokens, 0)
+    at_least(issues, "temperature", params.temperature, 0)
+    for issue in issues[-2:]:
+        if issue["loc"][-1] in ("max_tokens", "temperature"):
+            issue["loc"][1:1] = ["sampling_params"]
+    finish(issues)
+    target = body.target_prompt_logprobs
     try:
-        tokens = tokens_from_json(body["prompt"], "prompt")
-        target = body.get("target_prompt_logprobs")
         target_ids = (
             None
             if target is None
-            else tensor_from_json(target, "target_prompt_logprobs", "request", pad_value=-1)
+            else tensor_from_json(msgspec.structs.asdict(target), "target_prompt_logprobs",
+                                  "request", pad_value=-1)
         )
     except ValueError as exc:
         raise bad_request(str(exc)) from None
+    stop = params.stop
     options = {
-        "prompt_tokens": tokens,
-        "num_samples": num_samples,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "stop": stop,
-        "seed": seed,
-        "prompt_logprobs": prompt_logprobs,
-        "topk_prompt_logprobs": topk_prompt,
-        "topk_sample_logprobs": topk_sample,
-        "prompt_logprobs_last_n": last_n,
+        "prompt_tokens": _prompt_tokens(body.prompt),
+        "num_samples": body.num_samples,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "stop": list(stop) if stop is not None and not isinstance(stop, str) else stop,
+        "seed": params.seed,
+        "prompt_logprobs": bool(body.prompt_logprobs or getattr(body, "include_prompt_logprobs",
+                                                                 None)),
+        "topk_prompt_logprobs": body.topk_prompt_logprobs,
+        "topk_sample_logprobs": body.topk_sample_logprobs,
+        "prompt_logprobs_last_n": body.prompt_logprobs_last_n,
         "target_prompt_logprobs": target_ids,
-        "prompt_alt_tokens_k": alt_k,
+        "prompt_alt_tokens_k": body.prompt_alt_tokens_k,
     }
-    return _Parsed(options, seq_id, sampling_session_id, base_model, model_path)
+    # tinkercloud names the sampler ``model_id`` (its clients send both names).
+    sampler_id = body.sampling_session_id or getattr(body, "model_id", None)
+    return _Parsed(options, body.seq_id, sampler_id, body.base_model, body.model_path)
 
 
 def _target(ctx: ServerContext, reg: ModelRegistry, parsed: _Parsed) -> _Target:
@@ -276,7 +289,7 @@ async def asample(request: web.Request) -> web.Response:
         earlier = reg.submits.get(key)
         if isinstance(earlier, dict):
             return json_response(earlier)
-    parsed = _parse(await read_json_object(request), ctx.dialect.strict_fields)
+    parsed = _parse(await _read_sample(request, ctx))
     target = _target(ctx, reg, parsed)
     request_id = str(uuid.uuid4())
     sequence_ids = (
@@ -308,7 +321,7 @@ async def sample(request: web.Request) -> web.Response:
     """``POST sample`` (tinkercloud): the same request, answered when the sample is done."""
     ctx = context(request)
     reg = registry(ctx)
-    parsed = _parse(await read_json_object(request), ctx.dialect.strict_fields)
+    parsed = _parse(await _read_sample(request, ctx))
     target = _target(ctx, reg, parsed)
     work = _limited(ctx, request, target, str(uuid.uuid4()), _work(reg, target, parsed))
     if isinstance(work, web.Response):

@@ -10,31 +10,33 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .. import types as t
 from ._custom_losses import create_custom_loss
-from ._errors import bad_request, json_response, no_content
-from ._routing import Route, context, route
-from ._validate import Fields, read_json_object
+from ._errors import ValidationIssue, bad_request, json_response, no_content
+from ._routing import Route, context, route, surface_of
+from ._validate import at_least, finish, read_json_object, read_request
 
 __all__ = ["ROUTES"]
 
-_FINISH_REASONS = ("success", "errored", "interrupted")
+# Fields the official schema requires that this server has always let clients leave out
+# (probes and other servers' clients send ``{}`` or less): filled in on the slow path.
+_NO_VERSION = {"sdk_version": ""}
+_SESSION_DEFAULTS = {"tags": [], "sdk_version": ""}
 
 
 async def client_config(request: web.Request) -> web.Response:
     """``POST client/config``: the feature flags (``ClientConfigResponse``)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    fields.opt_text("sdk_version")
-    fields.finish()
+    await read_request(request, t.ClientConfigRequest, strict=ctx.dialect.strict_fields,
+                       defaults=_NO_VERSION)
     return json_response(ctx.config.client_config)
 
 
 async def client_dynamic_config(request: web.Request) -> web.Response:
     """``POST client/dynamic_config``: the periodically refreshed flags."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    fields.opt_text("sdk_version")
-    fields.finish()
+    await read_request(request, t.ClientConfigRequest, strict=ctx.dialect.strict_fields,
+                       defaults=_NO_VERSION)
     return json_response(ctx.config.dynamic_config)
 
 
@@ -46,58 +48,51 @@ async def auth_token(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     """``POST create_session`` (Tinker) and ``POST create_session {"metadata"}`` (Twinkle)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    tags = fields.strings("tags")
-    user_metadata = fields.opt_mapping("user_metadata")
-    twinkle_metadata = fields.opt_mapping("metadata")
-    sdk_version = fields.opt_text("sdk_version")
-    project_id = fields.opt_text("project_id")
-    display_name = fields.opt_text("display_name")
-    fields.ignore("type")
-    fields.finish()
-    record = ctx.state.create_session(
-        tags=tags,
-        user_metadata=user_metadata if user_metadata is not None else twinkle_metadata,
-        sdk_version=sdk_version,
-        project_id=project_id,
-        display_name=display_name,
-    )
+    strict = ctx.dialect.strict_fields
+    if surface_of(request).name == "twinkle":
+        twinkle = await read_request(request, t.TwinkleCreateSessionRequest, strict=strict)
+        record = ctx.state.create_session(tags=[], user_metadata=twinkle.metadata,
+                                          sdk_version=None, project_id=None, display_name=None)
+    else:
+        body = await read_request(request, t.CreateSessionRequest, strict=strict,
+                                  defaults=_SESSION_DEFAULTS)
+        record = ctx.state.create_session(
+            tags=body.tags,
+            user_metadata=body.user_metadata,
+            sdk_version=body.sdk_version or None,
+            project_id=body.project_id,
+            display_name=body.display_name,
+        )
     return json_response({"type": "create_session", "session_id": record.session_id})
 
 
 async def session_heartbeat(request: web.Request) -> web.Response:
     """``POST session_heartbeat``: keep a session alive (404 unknown, 410 finished/expired)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    session_id = fields.text("session_id")
-    fields.ignore("type")
-    fields.finish()
-    ctx.state.live_session(session_id)
+    body = await read_request(request, t.SessionHeartbeatRequest,
+                              strict=ctx.dialect.strict_fields)
+    ctx.state.live_session(body.session_id)
     return json_response({"type": "session_heartbeat"})
 
 
 async def finish_session(request: web.Request) -> web.Response:
     """``POST sessions/{id}/finish``: the first finish reason wins; later ones are no-ops."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    reason = fields.nested("reason")
-    reason_type = reason.text("type", choices=_FINISH_REASONS) if reason else ""
-    detail = fields.opt_text("detail")
-    fields.finish()
-    ctx.state.finish_session(request.match_info["session_id"], reason_type, detail)
+    body = await read_request(request, t.FinishSessionRequest, strict=ctx.dialect.strict_fields)
+    ctx.state.finish_session(request.match_info["session_id"], body.reason.type, body.detail)
     return no_content()
 
 
 async def create_sampling_session(request: web.Request) -> web.Response:
     """``POST create_sampling_session``: a sampler on a base model or a checkpoint."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    session_id = fields.text("session_id")
-    seq_id = fields.integer("sampling_session_seq_id", ge=0)
-    base_model = fields.opt_text("base_model")
-    model_path = fields.opt_text("model_path")
-    fields.ignore("type")
-    fields.finish()
+    body = await read_request(request, t.CreateSamplingSessionRequest,
+                              strict=ctx.dialect.strict_fields)
+    issues: list[ValidationIssue] = []
+    at_least(issues, "sampling_session_seq_id", body.sampling_session_seq_id, 0)
+    finish(issues)
+    session_id, seq_id = body.session_id, body.sampling_session_seq_id
+    base_model, model_path = body.base_model, body.model_path
 
     state = ctx.state
     state.live_session(session_id)
@@ -126,11 +121,9 @@ async def create_sampling_session(request: web.Request) -> web.Response:
 async def join_sampling_session(request: web.Request) -> web.Response:
     """``POST join_sampling_session``: a clone number for an unpickled sampling client."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    sampler_id = fields.text("sampling_session_id")
-    fields.ignore("type")
-    fields.finish()
-    counter = ctx.state.join_sampler(sampler_id)
+    body = await read_request(request, t.JoinSamplingSessionRequest,
+                              strict=ctx.dialect.strict_fields)
+    counter = ctx.state.join_sampler(body.sampling_session_id)
     return json_response({"type": "join_sampling_session", "client_counter": counter})
 
 
@@ -177,7 +170,11 @@ async def health_detailed(request: web.Request) -> web.Response:
 
 
 async def telemetry(request: web.Request) -> web.Response:
-    """``POST telemetry``: accepted and discarded."""
+    """``POST telemetry``: accepted and discarded.
+
+    Deliberately not decoded into ``TelemetrySendRequest``: nothing reads it, and a
+    refusal would only make the official SDK's background telemetry log errors.
+    """
     await read_json_object(request)
     return json_response({"status": "accepted"})
 

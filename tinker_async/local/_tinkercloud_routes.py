@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .. import types as t
 from ._errors import json_response, not_found
 from ._models import registry
 from ._routing import Route, context, route
 from ._session_routes import create_sampling_session
 from ._tokenizer import SPECIAL_TOKENS, VOCAB_SIZE, ByteTokenizer
-from ._validate import Fields, read_json_object
+from ._validate import Fields, read_request
 
 __all__ = ["ROUTES"]
 
@@ -19,9 +20,8 @@ __all__ = ["ROUTES"]
 async def delete_model(request: web.Request) -> web.Response:
     """``POST delete_model {"model_id"}``: free the model; later calls on it are 404s."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    fields.finish()
+    body = await read_request(request, t.DeleteModelRequest, strict=ctx.dialect.strict_fields)
+    model_id = body.model_id
     ctx.state.get_run(model_id)  # 404 for an unknown model
     registry(ctx).delete_model(model_id)
     return json_response({"status": "deleted", "model_id": model_id})

@@ -31,14 +31,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 
+from .. import types as t
+from ..types._training import ForwardBackwardRequestWire
 from . import _custom_losses, _model
 from . import _proto_server as _proto
 from ._age import AgeUnavailable, encrypt_files, parse_recipients
-from ._errors import ApiError, bad_request, json_response, unprocessable
+from ._errors import ApiError, ValidationIssue, bad_request, json_response, unprocessable
 from ._futures import FutureFailure
-from ._inputs import datum_from_json, datum_from_sdk
+from ._inputs import datum_from_sdk
 from ._ledger import TagHolder, applying, ledger_of, lr_tag
 from ._model import Adapter, ModelDatum, save_state
 from ._models import (
@@ -58,33 +61,21 @@ from ._outputs import forward_backward_json, forward_backward_proto
 from ._render import optimizer_config
 from ._routing import Route, ServerContext, context, route
 from ._state import validate_ttl
-from ._validate import Fields, read_json_object
+from ._validate import at_least, decode_request, describe, finish, missing, read_request
 
 __all__ = ["ROUTES"]
 
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 _PROTOBUF = "application/x-protobuf"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _IDEMPOTENCY_HEADER = "X-Idempotency-Key"
-_OPTIMIZERS = {"adamw": "adamw", "adam": "adamw", "dimuon": "dimuon"}
-_KINDS = ("snapshot", "inflight")
 
 Op = Callable[[TrainedModel, int], Any]
 """The work of one sequenced request: gets the model and the request's seq id."""
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def _describe(exc: ApiError) -> str:
-    """A one-line message for an HTTP error that becomes a failed future instead."""
-    if isinstance(exc.detail, str):
-        return exc.detail
-    parts = []
-    for issue in exc.detail:
-        where = ".".join(str(p) for p in issue.get("loc", [])[1:]) or "body"
-        parts.append(f"{where}: {issue.get('msg', 'invalid')}")
-    return "Invalid request: " + "; ".join(parts)
 
 
 def _as_user_error(work: Callable[[], _T]) -> Callable[[], _T]:
@@ -99,7 +90,7 @@ def _as_user_error(work: Callable[[], _T]) -> Callable[[], _T]:
         try:
             return work()
         except ApiError as exc:
-            raise FutureFailure(_describe(exc), "user") from exc
+            raise FutureFailure(describe(exc), "user") from exc
         except ValueError as exc:
             raise FutureFailure(str(exc), "user") from exc
 
@@ -113,17 +104,10 @@ def _failing(message: str) -> Op:
     return fail
 
 
-def _problem(fields: Fields, extra: str | None = None) -> str | None:
-    """What is wrong with the fields read so far (or ``extra``), as one message."""
-    try:
-        fields.finish()
-    except ApiError as exc:
-        return _describe(exc)
-    return extra
-
-
-def _sequenceable(body: Mapping[str, Any]) -> bool:
+def _sequenceable(body: Any) -> bool:
     """Whether the body names a model and a usable ``seq_id`` (absent counts as usable)."""
+    if not isinstance(body, Mapping):
+        return False
     model_id, seq_id = body.get("model_id"), body.get("seq_id")
     seq_ok = seq_id is None or (
         isinstance(seq_id, int) and not isinstance(seq_id, bool) and seq_id >= 0
@@ -131,22 +115,43 @@ def _sequenceable(body: Mapping[str, Any]) -> bool:
     return isinstance(model_id, str) and bool(model_id) and seq_ok
 
 
-def _reject(
-    request: web.Request,
-    body: Mapping[str, Any],
-    fields: Fields,
-    problem: str,
-    *,
-    kind: str,
-) -> web.Response:
+def _refuse(request: web.Request, body: Any, problem: ApiError, *, kind: str) -> web.Response:
     """Answer an invalid request: a failed future if it can take its place in the model's
     sequence (so later requests are not held up by a hole), else the HTTP error."""
     if not _sequenceable(body):
-        fields.finish()  # raises the 422 when the fields are at fault
-        raise bad_request(problem)
-    return _submit(
-        request, body["model_id"], body.get("seq_id"), _failing(problem), kind=kind, offload=False
-    )
+        raise problem
+    return _submit(request, body["model_id"], body.get("seq_id"),
+                   _failing(describe(problem)), kind=kind, offload=False)
+
+
+async def _read_sequenced(
+    request: web.Request, cls: type[_S], *, kind: str | Callable[[Any], str]
+) -> tuple[_S, None] | tuple[None, web.Response]:
+    """The body decoded into ``cls``, or (when it does not fit) the answer to send:
+    see :func:`_refuse`. ``kind`` may depend on the raw body (forward or backward)."""
+    raw = await request.read()
+    try:
+        body = decode_request(raw, cls, strict=context(request).dialect.strict_fields)
+    except ApiError as exc:
+        if exc.status != 422:
+            raise
+        parsed = msgspec.json.decode(raw) if raw.strip() else {}
+        name = kind(parsed) if callable(kind) else kind
+        return None, _refuse(request, parsed, exc, kind=name)
+    issues: list[ValidationIssue] = []
+    at_least(issues, "seq_id", getattr(body, "seq_id", None), 0)
+    finish(issues)  # a negative seq_id has no place in the sequence: always the 422
+    return body, None
+
+
+def _check(request: web.Request, model_id: str, seq_id: int | None, problem: str | None,
+           *, kind: str) -> web.Response | None:
+    """A request-specific ``problem`` (a rule the Struct cannot state) as a failed future
+    in the request's place, or None when there is none."""
+    if problem is None:
+        return None
+    return _refuse(request, {"model_id": model_id, "seq_id": seq_id}, bad_request(problem),
+                   kind=kind)
 
 
 def _future_answer(request_id: str, model_id: str | None = None) -> web.Response:
@@ -204,6 +209,16 @@ def _submit(
     return _future_answer(request_id, model_id)
 
 
+def _string_values(issues: list[ValidationIssue], name: str,
+                   mapping: Mapping[str, Any] | None) -> None:
+    """Training runs keep string metadata only (their REST records say
+    ``dict[str, str]``); the official request types allow any value."""
+    for key, value in (mapping or {}).items():
+        if not isinstance(value, str):
+            issues.append({"loc": ["body", name, key], "msg": "Expected `str`",
+                           "type": "string_type", "input": value})
+
+
 def _scheme(ctx: ServerContext) -> str:
     return ctx.dialect.path_scheme
 
@@ -214,29 +229,23 @@ def _scheme(ctx: ServerContext) -> str:
 async def create_model(request: web.Request) -> web.Response:
     """``POST create_model``: a new LoRA training run ``{session_id}:train:{model_seq_id}``."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    session_id = fields.text("session_id")
-    model_seq_id = fields.opt_integer("model_seq_id", ge=0)
-    base_model = fields.text("base_model")
-    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
-    lora = fields.nested("lora_config", required=False)
+    body = await read_request(request, t.CreateModelRequest, strict=ctx.dialect.strict_fields)
+    issues: list[ValidationIssue] = []
+    at_least(issues, "model_seq_id", body.model_seq_id, 0)
+    _string_values(issues, "user_metadata", body.user_metadata)
+    finish(issues)
+    session_id, model_seq_id, base_model = body.session_id, body.model_seq_id, body.base_model
+    user_metadata = body.user_metadata
+    lora = body.lora_config
     rank, seed, flags = 32, None, {"train_mlp": True, "train_attn": True, "train_unembed": True}
     if lora is not None:
-        rank = lora.integer("rank")
-        seed = lora.opt_integer("seed")
-        flags = {name: lora.flag(name, default=True) for name in flags}
-    optimizer = fields.nested("optimizer_config", required=False)
-    optimizer_type = "adamw"
-    if optimizer is not None:
-        optimizer_type = optimizer.text("type", default="adamw")
-        optimizer.ignore("version")
-    fields.ignore("type", "project_id")
-    fields.finish()
+        rank, seed = lora.rank, lora.seed
+        flags = {"train_mlp": lora.train_mlp, "train_attn": lora.train_attn,
+                 "train_unembed": lora.train_unembed}
+    optimizer_family = body.optimizer_config.type
 
     reg = registry(ctx)
     ctx.state.live_session(session_id)
-    if model_seq_id is None:
-        model_seq_id = ctx.state.next_model_seq_id(session_id)
     key = request.headers.get(_IDEMPOTENCY_HEADER)
     earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
     if isinstance(earlier, str):
@@ -246,10 +255,6 @@ async def create_model(request: web.Request) -> web.Response:
         raise bad_request(f"LoRA rank must be between 1 and {MAX_LORA_RANK}, got {rank}")
     if not any(flags.values()):
         raise bad_request("At least one of train_mlp, train_attn, train_unembed must be true")
-    if optimizer_type not in _OPTIMIZERS:
-        raise bad_request(f"Unknown optimizer {optimizer_type!r}; the local model has "
-                          f"{sorted(set(_OPTIMIZERS.values()))}")
-    optimizer_family = _OPTIMIZERS[optimizer_type]
     adapter = Adapter.new(
         base,
         rank=rank,
@@ -281,10 +286,8 @@ async def create_model(request: web.Request) -> web.Response:
 async def get_info(request: web.Request) -> web.Response:
     """``POST get_info``: the model's ``GetInfoResponse``."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    fields.ignore("type")
-    fields.finish()
+    model_id = (await read_request(request, t.GetInfoRequest,
+                                   strict=ctx.dialect.strict_fields)).model_id
     run = ctx.state.get_run(model_id)
     return json_response(
         {
@@ -385,38 +388,41 @@ async def _protobuf_forward_backward(request: web.Request, forward_path: bool) -
     return _submit_fb(request, parts.model_id, parts.seq_id, op, forward_only, tags)
 
 
+def _forward_only(forward_path: bool) -> Callable[[Any], bool]:
+    def flag(body: Any) -> bool:
+        return forward_path or (isinstance(body, Mapping) and body.get("forward_only") is True)
+    return flag
+
+
 async def _json_forward_backward(request: web.Request, forward_path: bool) -> web.Response:
     ctx = context(request)
-    body = await read_json_object(request)
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    seq_id = fields.opt_integer("seq_id", ge=0)
-    forward_only = fields.flag("forward_only") or forward_path
+    is_forward = _forward_only(forward_path)
+    body, refused = await _read_sequenced(request, ForwardBackwardRequestWire,
+                                          kind=lambda raw: _fb_kind(is_forward(raw)))
+    if body is None:
+        return refused  # type: ignore[return-value]
+    forward_only = body.forward_only or forward_path
     # Official nesting, under either name; tinkercloud puts data/loss_fn at the top.
-    inner = None
-    for name in ("forward_input", "forward_backward_input"):
-        if name in body:
-            inner = fields.nested(name)
-            break
-    source = inner if inner is not None else fields
-    data = source.opt_list("data")
-    loss_fn = source.text("loss_fn")
-    loss_fn_config = source.opt_mapping("loss_fn_config")
-    fields.ignore("type")
-    problem = _problem(fields)
-    if problem is not None:
-        return _reject(request, body, fields, problem, kind=_fb_kind(forward_only))
-    items = data or []
+    inner = body.forward_input or body.forward_backward_input
+    data, loss_fn, loss_fn_config = (
+        (inner.data, inner.loss_fn, inner.loss_fn_config)
+        if inner is not None
+        else (body.data or [], body.loss_fn, body.loss_fn_config)
+    )
+    if loss_fn is None:  # the Struct allows either form, so it cannot require this
+        problem = unprocessable([missing("loss_fn")])
+        return _refuse(request, {"model_id": body.model_id, "seq_id": body.seq_id}, problem,
+                       kind=_fb_kind(forward_only))
     tags = TagHolder()
     op = _fb_op(
         ctx,
-        lambda: [datum_from_json(d, i) for i, d in enumerate(items)],
+        lambda: [datum_from_sdk(d.to_datum(), i) for i, d in enumerate(data)],
         loss_fn,
         loss_fn_config,
         forward_only,
         tags,
     )
-    return _submit_fb(request, model_id, seq_id, op, forward_only, tags)
+    return _submit_fb(request, body.model_id, body.seq_id, op, forward_only, tags)
 
 
 async def forward_backward(request: web.Request) -> web.Response:
@@ -438,24 +444,17 @@ async def forward(request: web.Request) -> web.Response:
 
 async def optim_step(request: web.Request) -> web.Response:
     """``POST optim_step`` with ``adam_params`` (or ``optimizer_params``) -> ``{"metrics"}``."""
-    ctx = context(request)
-    body = await read_json_object(request)
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    seq_id = fields.opt_integer("seq_id", ge=0)
-    adam = fields.opt_mapping("adam_params")
-    other = fields.opt_mapping("optimizer_params")
-    fields.ignore("type")
-    problem = _problem(fields)
-    if problem is not None:
-        return _reject(request, body, fields, problem, kind="OptimStep")
-    params = adam if adam is not None else other
+    body, refused = await _read_sequenced(request, t.OptimStepRequest, kind="OptimStep")
+    if body is None:
+        return refused  # type: ignore[return-value]
+    step = body.params
+    params = step.model_dump()  # with its "type" tag when not AdamW
 
     def op(model: TrainedModel, seq: int) -> Any:
         return {"metrics": _model.optim_step(model.require_adapter(), params)}
 
-    return _submit(request, model_id, seq_id, op, kind="OptimStep",
-                   tag=lambda: lr_tag((params or {}).get("learning_rate")))
+    return _submit(request, body.model_id, body.seq_id, op, kind="OptimStep",
+                   tag=lambda: lr_tag(step.learning_rate))
 
 
 # ----------------------------------------------------------------------------------- weights
@@ -468,18 +467,11 @@ def _checkpoint_name(name: str | None, seq: int) -> str:
 async def save_weights(request: web.Request) -> web.Response:
     """``POST save_weights``: a training checkpoint (with the AdamW state)."""
     ctx = context(request)
-    body = await read_json_object(request)
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    seq_id = fields.opt_integer("seq_id", ge=0)
-    name = fields.opt_text("path")
-    ttl_seconds = fields.opt_integer("ttl_seconds")
-    overwrite = fields.flag("overwrite")
-    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
-    fields.ignore("type")
-    problem = _problem(fields)
-    if problem is not None:
-        return _reject(request, body, fields, problem, kind="SaveWeights")
+    body, refused = await _read_sequenced(request, t.SaveWeightsRequest, kind="SaveWeights")
+    if body is None:
+        return refused  # type: ignore[return-value]
+    model_id, seq_id, name = body.model_id, body.seq_id, body.path
+    ttl_seconds, overwrite, user_metadata = body.ttl_seconds, body.overwrite, body.user_metadata
     state, scheme = ctx.state, _scheme(ctx)
 
     def op(model: TrainedModel, seq: int) -> Any:
@@ -502,20 +494,22 @@ async def save_weights(request: web.Request) -> web.Response:
 async def save_weights_for_sampler(request: web.Request) -> web.Response:
     """``POST save_weights_for_sampler``: named (a checkpoint) or ephemeral (a sampler)."""
     ctx = context(request)
-    body = await read_json_object(request)
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    seq_id = fields.opt_integer("seq_id", ge=0)
-    name = fields.opt_text("path")
-    sampling_seq = fields.opt_integer("sampling_session_seq_id", ge=0)
-    kind = fields.text("kind", default="snapshot", choices=_KINDS)
-    ttl_seconds = fields.opt_integer("ttl_seconds")
-    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
-    fields.ignore("type")
-    neither = "Give either path (a named checkpoint) or sampling_session_seq_id"
-    problem = _problem(fields, neither if name is None and sampling_seq is None else None)
-    if problem is not None:
-        return _reject(request, body, fields, problem, kind="SaveWeightsForSampler")
+    body, refused = await _read_sequenced(request, t.SaveWeightsForSamplerRequest,
+                                          kind="SaveWeightsForSampler")
+    if body is None:
+        return refused  # type: ignore[return-value]
+    model_id, seq_id, name = body.model_id, body.seq_id, body.path
+    sampling_seq, kind = body.sampling_session_seq_id, body.kind
+    ttl_seconds, user_metadata = body.ttl_seconds, body.user_metadata
+    # One of two forms: a rule across fields that the Struct does not state.
+    problem = None
+    if name is None and sampling_seq is None:
+        problem = "Give either path (a named checkpoint) or sampling_session_seq_id"
+    elif sampling_seq is not None and sampling_seq < 0:
+        problem = "sampling_session_seq_id must be >= 0"
+    refused = _check(request, model_id, seq_id, problem, kind="SaveWeightsForSampler")
+    if refused is not None:
+        return refused
     state, scheme, reg = ctx.state, _scheme(ctx), registry(ctx)
 
     if name is not None:
@@ -563,14 +557,12 @@ async def save_weights_for_sampler(request: web.Request) -> web.Response:
 async def save_weights_external(request: web.Request) -> web.Response:
     """``POST save_weights_external``: a PEFT-style export, downloadable by signed URLs."""
     ctx = context(request)
-    body = await read_json_object(request)
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    seq_id = fields.opt_integer("seq_id", ge=0)
-    name = fields.opt_text("path")
-    ttl_seconds = fields.opt_integer("ttl_seconds")
-    recipients = fields.opt_strings("age_encryption_recipients")
-    fields.ignore("type")
+    body, refused = await _read_sequenced(request, t.SaveWeightsExternalRequest,
+                                          kind="SaveWeightsExternal")
+    if body is None:
+        return refused  # type: ignore[return-value]
+    model_id, seq_id, name, ttl_seconds = body.model_id, body.seq_id, body.path, body.ttl_seconds
+    recipients = body.age_encryption_recipients
     age_recipients: list[Any] = []
     unavailable = None
     if recipients:
@@ -578,9 +570,9 @@ async def save_weights_external(request: web.Request) -> web.Response:
             age_recipients = parse_recipients(recipients)
         except AgeUnavailable as exc:
             unavailable = str(exc)
-    problem = _problem(fields, unavailable)
-    if problem is not None:
-        return _reject(request, body, fields, problem, kind="SaveWeightsExternal")
+    refused = _check(request, model_id, seq_id, unavailable, kind="SaveWeightsExternal")
+    if refused is not None:
+        return refused
     state, scheme = ctx.state, _scheme(ctx)
 
     def op(model: TrainedModel, seq: int) -> Any:
@@ -610,19 +602,16 @@ def _maybe_encrypted(files: dict[str, bytes], recipients: list[Any]) -> dict[str
 async def load_weights(request: web.Request) -> web.Response:
     """``POST load_weights``: into an existing model (legacy), or create-via-load."""
     ctx = context(request)
-    body = await read_json_object(request)
-    if body.get("model_id") is None and "session_id" in body:
-        return await _create_via_load(request, body)
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    model_id = fields.text("model_id")
-    seq_id = fields.opt_integer("seq_id", ge=0)
-    path = fields.text("path")
-    optimizer = fields.flag("optimizer")
-    fields.opt_text("weights_access_token")  # every local checkpoint is readable
-    fields.ignore("type", "optimizer_config")
-    problem = _problem(fields)
-    if problem is not None:
-        return _reject(request, body, fields, problem, kind="LoadWeights")
+    body, refused = await _read_sequenced(request, t.LoadWeightsRequest, kind="LoadWeights")
+    if body is None:
+        return refused  # type: ignore[return-value]
+    if body.model_id is None:
+        if body.session_id is not None:
+            return await _create_via_load(request, body)
+        finish([missing("model_id")])  # one of two addressings: not stated by the Struct
+    model_id: str = body.model_id  # type: ignore[assignment]
+    seq_id, path, optimizer = body.seq_id, body.path, body.optimizer
+    # weights_access_token is not checked: every local checkpoint is readable.
     state = ctx.state
 
     def op(model: TrainedModel, seq: int) -> Any:
@@ -641,7 +630,7 @@ async def load_weights(request: web.Request) -> web.Response:
     return _submit(request, model_id, seq_id, op, kind="LoadWeights", tag=lambda: path)
 
 
-async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Response:
+async def _create_via_load(request: web.Request, body: t.LoadWeightsRequest) -> web.Response:
     """A new model ``{session_id}:train:{model_seq_id}`` made from a checkpoint.
 
     The load is the model's sequence 0, so its first training request (seq 1) waits for
@@ -653,24 +642,17 @@ async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Re
             "load_weights needs model_id and seq_id: create the model with create_model, "
             "then load the checkpoint as its first request"
         )
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    session_id = fields.text("session_id")
-    model_seq_id = fields.integer("model_seq_id", ge=0)
-    base_model = fields.opt_text("base_model")
-    user_metadata = fields.opt_mapping("user_metadata", str_values=True)
-    path = fields.text("path")
-    optimizer = fields.flag("optimizer")
-    fields.opt_text("weights_access_token")
-    requested = fields.nested("optimizer_config", required=False)
-    requested_type = None
-    if requested is not None:
-        requested_type = requested.text("type", default="adamw")
-        requested.ignore("version")
-    fields.ignore("type", "model_id", "seq_id")
-    fields.finish()
-    if requested_type is not None and requested_type not in _OPTIMIZERS:
-        raise bad_request(f"Unknown optimizer {requested_type!r}; the local model has "
-                          f"{sorted(set(_OPTIMIZERS.values()))}")
+    issues: list[ValidationIssue] = []
+    if body.model_seq_id is None:  # required in this addressing only
+        issues.append(missing("model_seq_id"))
+    at_least(issues, "model_seq_id", body.model_seq_id, 0)
+    _string_values(issues, "user_metadata", body.user_metadata)
+    finish(issues)
+    session_id, base_model, user_metadata = body.session_id, body.base_model, body.user_metadata
+    model_seq_id: int = body.model_seq_id  # type: ignore[assignment]
+    path, optimizer = body.path, body.optimizer
+    assert session_id is not None
+    requested_type = body.optimizer_config.type if body.optimizer_config is not None else None
 
     reg: ModelRegistry = registry(ctx)
     state = ctx.state
@@ -688,7 +670,7 @@ async def _create_via_load(request: web.Request, body: dict[str, Any]) -> web.Re
             f"{source.base_model!r}"
         )
     base = reg.base_model(source.base_model)
-    family = _OPTIMIZERS[requested_type] if requested_type is not None else source.optimizer
+    family = requested_type if requested_type is not None else source.optimizer
     if optimizer and family != source.optimizer:
         raise bad_request(f"the checkpoint holds {source.optimizer} optimizer state; a "
                           f"{family} model can load its weights only (optimizer=false)")

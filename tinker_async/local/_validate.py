@@ -1,39 +1,315 @@
-"""Typed field access for JSON bodies and query strings, with FastAPI-style 422 errors.
+"""Request bodies -> the request Structs of ``tinker_async.types``, with FastAPI-style errors.
 
-The server deliberately does not reuse the client's types: it is an independent reading of
-the wire format, so a mistake in one is caught by the other. Each handler reads its fields
-through a :class:`Fields` reader, which collects *every* problem (as pydantic does) and
-raises one 422 from :meth:`Fields.finish`::
+Every JSON body of the training, sampling, session and futures API is decoded with
+msgspec into the *same* Struct the client encodes (``decode_request``): there is one
+schema, in ``tinker_async.types``, and the server reads it rather than re-parsing each
+field by hand. What is left here is what a Struct cannot say by itself:
 
-    f = Fields(body, "body", strict=dialect.strict_fields)
-    session_id = f.text("session_id")
-    seq = f.integer("sampling_session_seq_id", ge=0)
-    base_model = f.opt_text("base_model")
-    f.finish()            # raises ApiError(422, [...]) if anything was wrong
-
-Until ``finish`` has run, a value whose field was invalid is a placeholder; do not use it.
+- **Error shape.** msgspec stops at the first problem and words it its own way; servers
+  built on pydantic (the official one, tuft, FastAPI servers) answer 422 with a list of
+  ``{"loc", "msg", "type", "input"}`` issues, one per wrong field. On failure (the slow
+  path only) :func:`explain` re-checks each field against its Struct type with msgspec
+  and turns msgspec's messages and paths into such issues. Invalid JSON is a 400.
+- **Unknown fields, per dialect.** The strict dialect rejects unknown fields (as servers
+  on ``extra="forbid"`` models do), the others ignore them. The Structs are shared with
+  the client, which must stay tolerant of responses, so ``forbid_unknown_fields`` cannot
+  be set on them; :func:`unknown_fields` walks the body against the Struct's schema
+  (``msgspec.inspect``) instead, nested Structs included.
+- **Server-side bounds** (:func:`at_least`). The official schema has no numeric bounds
+  (``seq_id=-1`` is a valid ``SampleRequest``); the server refuses such values with 422.
+- :class:`Fields`: the hand reader for what has no request Struct: query strings of the
+  REST routes (strings parsed into numbers and flags), the REST bodies, and
+  ``create_custom_loss`` (read in ``_custom_losses``, not a route module). See its
+  docstring.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import Any, Literal
+import re
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect as mi
 from aiohttp import web
 
-from ._errors import ValidationIssue, bad_request, unprocessable
+from ..types._codec import convert
+from ._errors import ApiError, ValidationIssue, bad_request, unprocessable
 
-__all__ = ["Fields", "read_json_object"]
+__all__ = [
+    "Fields",
+    "at_least",
+    "convert_request",
+    "decode_request",
+    "explain",
+    "finish",
+    "missing",
+    "read_json_object",
+    "read_request",
+    "unknown_fields",
+]
 
 Where = Literal["body", "query", "path"]
+S = TypeVar("S")
 
 _TRUE_STRINGS = frozenset({"true", "1", "yes", "on"})
 _FALSE_STRINGS = frozenset({"false", "0", "no", "off"})
 
 
+# ------------------------------------------------------------------------ Struct decoding
+
+
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+_SCHEMAS: dict[Any, mi.Type] = {}
+
+
+def _decoder(cls: Any) -> msgspec.json.Decoder[Any]:
+    decoder = _DECODERS.get(cls)
+    if decoder is None:
+        decoder = _DECODERS[cls] = msgspec.json.Decoder(cls)
+    return decoder
+
+
+async def read_request(request: web.Request, cls: type[S], *, strict: bool,
+                       defaults: Mapping[str, Any] | None = None) -> S:
+    """The request body decoded into ``cls`` (see :func:`decode_request`)."""
+    return decode_request(await request.read(), cls, strict=strict, defaults=defaults)
+
+
+def decode_request(raw: bytes, cls: type[S], *, strict: bool, where: Where = "body",
+                   defaults: Mapping[str, Any] | None = None) -> S:
+    """``raw`` JSON decoded into the request Struct ``cls``.
+
+    An empty body is ``{}`` (the SDK sends no body for some POSTs). Invalid JSON is a 400;
+    a body that does not fit ``cls`` is a 422 listing every wrong field (:func:`explain`);
+    with ``strict``, unknown fields are 422s too. The fast path (non-strict, valid body)
+    is one msgspec decode.
+
+    ``defaults`` fills top-level fields the official schema requires but this server has
+    always taken as optional (``{}`` for ``client/dynamic_config``, a sample without
+    ``sampling_params``): leniency of the server, not part of the shared schema, so it
+    is applied here, on the slow path only.
+    """
+    if not raw.strip():
+        raw = b"{}"
+    if not strict:
+        try:
+            result: S = _decoder(cls).decode(raw)
+            return result
+        except msgspec.ValidationError:
+            pass  # retried below: lenient repairs, then the full list of issues
+        except msgspec.DecodeError as exc:
+            raise bad_request(f"Invalid JSON body: {exc}") from None
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"Invalid JSON body: {exc}") from None
+    if defaults and isinstance(obj, dict):
+        obj = {**defaults, **obj}
+    return convert_request(obj, cls, strict=strict, where=where)
+
+
+def convert_request(obj: Any, cls: type[S], *, strict: bool, where: Where = "body") -> S:
+    """Already-parsed JSON converted into the request Struct ``cls`` (422 on failure).
+
+    The conversion is msgspec's, retried once after the known repairs of other clients'
+    shapes (model-input chunks without a ``type`` tag; ``types._codec.repaired``).
+    """
+    loc: tuple[str | int, ...] = (where,)
+    issues = unknown_fields(obj, cls, loc) if strict else []
+    if not issues:
+        try:
+            return convert(obj, cls)
+        except msgspec.ValidationError as exc:
+            issues = explain(obj, cls, exc, loc)
+    raise unprocessable(issues)
+
+
+def at_least(issues: list[ValidationIssue], name: str, value: float | None,
+             minimum: float, where: Where = "body") -> None:
+    """Add a ``greater_than_equal`` issue when ``value`` (if given) is below ``minimum``.
+
+    The official request schema has no bounds; the local server refuses negative sequence
+    ids, counts and temperatures as pydantic servers with bounds do.
+    """
+    if value is not None and value < minimum:
+        issues.append(_issue((where, name), "greater_than_equal",
+                             f"Input should be greater than or equal to {minimum}", value,
+                             ge=minimum))
+
+
+def missing(name: str, where: Where = "body") -> ValidationIssue:
+    """A ``missing`` issue, for a field required only in one form of a request (a rule
+    across fields, which a Struct cannot state)."""
+    return _issue((where, name), "missing", f"Object missing required field `{name}`", None)
+
+
+def finish(issues: list[ValidationIssue]) -> None:
+    """Raise the 422 for ``issues`` (if any)."""
+    if issues:
+        raise unprocessable(issues)
+
+
+# ------------------------------------------------------------------- msgspec -> issues
+
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_EXPECTED = re.compile(r"Expected `([^`]*)`(.*?)(?:, got `([^`]*)`)?$")
+_BASE_KINDS = {
+    "str": "string_type",
+    "int": "int_type",
+    "float": "float_type",
+    "bool": "bool_type",
+    "object": "dict_type",
+    "array": "list_type",
+    "null": "none_required",
+}
+
+
+def _split(exc: msgspec.ValidationError) -> tuple[str, tuple[str | int, ...]]:
+    """msgspec's message without its path, and the path as a tuple of keys/indices."""
+    message, _, path = str(exc).partition(" - at `")
+    parts: list[str | int] = []
+    for key, index in _PATH_PART.findall(path.rstrip("`")):
+        parts.append(int(index) if index else key)
+    return message, tuple(parts)
+
+
+def _kind(message: str) -> tuple[str, str | None]:
+    """The pydantic error ``type`` of a msgspec message (and a field it names, if any)."""
+    named = re.match(r"Object (missing required|contains unknown) field `([^`]*)`", message)
+    if named:
+        return ("missing" if named.group(1) == "missing required" else "extra_forbidden",
+                named.group(2))
+    expected = _EXPECTED.match(message)
+    if expected:
+        constraint = expected.group(2)
+        if "length" in constraint:
+            return ("string_too_short" if ">" in constraint else "string_too_long"), None
+        for sign, kind in ((">=", "greater_than_equal"), (">", "greater_than"),
+                           ("<=", "less_than_equal"), ("<", "less_than")):
+            if sign in constraint:
+                return kind, None
+        first = expected.group(1).split(" | ")[0]
+        return _BASE_KINDS.get(first, "type_error"), None
+    if message.startswith("Invalid value") or message.startswith("Invalid enum value"):
+        return "literal_error", None
+    return "value_error", None
+
+
+def _value_at(obj: Any, path: Iterable[str | int]) -> Any:
+    for part in path:
+        try:
+            obj = obj[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return obj
+
+
+def _from_error(obj: Any, exc: msgspec.ValidationError,
+                loc: tuple[str | int, ...]) -> ValidationIssue:
+    message, path = _split(exc)
+    kind, named = _kind(message)
+    if named is not None:
+        path = (*path, named)
+    return _issue((*loc, *path), kind, message, _value_at(obj, path))
+
+
+def explain(obj: Any, cls: type[Any], exc: msgspec.ValidationError,
+            loc: tuple[str | int, ...]) -> list[ValidationIssue]:
+    """Every field of ``obj`` that does not fit the Struct ``cls``, as 422 issues.
+
+    Each field is converted on its own with msgspec, so each wrong field gives its own
+    issue (msgspec alone reports the first). ``exc`` (the whole conversion's error) is
+    the answer when no single field is at fault (a rule across fields, in the Struct's
+    ``__post_init__``).
+    """
+    if not isinstance(obj, dict):
+        return [_from_error(obj, exc, loc)]
+    issues: list[ValidationIssue] = []
+    config = cls.__struct_config__
+    tag_field = config.tag_field
+    if tag_field is not None and tag_field in obj and obj[tag_field] != config.tag:
+        issues.append(_issue((*loc, tag_field), "literal_error",
+                             f"Invalid value {obj[tag_field]!r}", obj[tag_field],
+                             expected=repr(config.tag)))
+    for info in msgspec.structs.fields(cls):
+        if info.encode_name not in obj:
+            if info.required:
+                issues.append(_issue((*loc, info.encode_name), "missing",
+                                     f"Object missing required field `{info.encode_name}`",
+                                     None))
+            continue
+        value = obj[info.encode_name]
+        try:
+            convert(value, info.type)
+        except msgspec.ValidationError as field_exc:
+            issues.append(_from_error(value, field_exc, (*loc, info.encode_name)))
+    return issues or [_from_error(obj, exc, loc)]
+
+
+def _schema(cls: Any) -> mi.Type:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = _SCHEMAS[cls] = mi.type_info(cls)
+    return schema
+
+
+def unknown_fields(obj: Any, cls: type[Any],
+                   loc: tuple[str | int, ...]) -> list[ValidationIssue]:
+    """``extra_forbidden`` issues for keys of ``obj`` (nested objects too) that the
+    Struct ``cls`` does not have (its type tag counts as known)."""
+    issues: list[ValidationIssue] = []
+    _walk(obj, _schema(cls), loc, issues)
+    return issues
+
+
+def _struct_for(obj: dict[str, Any], union: mi.UnionType) -> mi.StructType | None:
+    structs = [t.type if isinstance(t, mi.Metadata) else t for t in union.types]
+    candidates = [t for t in structs if isinstance(t, mi.StructType)]
+    for struct in candidates:
+        if struct.tag_field is not None and obj.get(struct.tag_field) == struct.tag:
+            return struct
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _walk(obj: Any, schema: mi.Type, loc: tuple[str | int, ...],
+          issues: list[ValidationIssue]) -> None:
+    while isinstance(schema, mi.Metadata):
+        schema = schema.type
+    if isinstance(schema, mi.UnionType):
+        if isinstance(obj, dict):
+            struct = _struct_for(obj, schema)
+            if struct is not None:
+                _walk(obj, struct, loc, issues)
+        elif isinstance(obj, list):
+            for member in schema.types:
+                if isinstance(member, (mi.ListType, mi.SetType, mi.VarTupleType)):
+                    _walk(obj, member, loc, issues)
+                    break
+        return
+    if isinstance(schema, (mi.StructType, mi.DataclassType)) and isinstance(obj, dict):
+        known = {f.encode_name: f for f in schema.fields}
+        tag_field = getattr(schema, "tag_field", None)
+        for key, value in obj.items():
+            field = known.get(key)
+            if field is not None:
+                _walk(value, field.type, (*loc, key), issues)
+            elif key != tag_field:
+                issues.append(_issue((*loc, key), "extra_forbidden",
+                                     f"Object contains unknown field `{key}`", value))
+    elif isinstance(schema, (mi.ListType, mi.SetType, mi.VarTupleType)) and isinstance(obj, list):
+        for index, item in enumerate(obj):
+            _walk(item, schema.item_type, (*loc, index), issues)
+    elif isinstance(schema, mi.DictType) and isinstance(obj, dict):
+        for key, value in obj.items():
+            _walk(value, schema.value_type, (*loc, key), issues)
+
+
+# ------------------------------------------------------------------ plain JSON objects
+
+
 async def read_json_object(request: web.Request, *, allow_empty: bool = True) -> dict[str, Any]:
-    """The request body as a JSON object.
+    """The request body as a JSON object (for bodies without a request Struct).
 
     An empty body is ``{}`` when ``allow_empty`` (the SDK sends no body for some POSTs).
     Unparseable JSON is a 400; valid JSON that is not an object is a 422, as FastAPI does.
@@ -65,6 +341,21 @@ def _issue(
     return issue
 
 
+def describe(exc: ApiError) -> str:
+    """A one-line message for an HTTP error (a 422's issues joined), e.g. for a failed
+    future that takes the place of a refused request."""
+    if isinstance(exc.detail, str):
+        return exc.detail
+    parts = []
+    for issue in exc.detail:
+        where = ".".join(str(p) for p in issue.get("loc", [])[1:]) or "body"
+        parts.append(f"{where}: {issue.get('msg', 'invalid')}")
+    return "Invalid request: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------- the hand reader
+
+
 class _Missing:
     """Marks an absent field (distinct from an explicit JSON null)."""
 
@@ -74,6 +365,11 @@ _MISSING = _Missing()
 
 class Fields:
     """Reads typed fields from a mapping and collects validation issues.
+
+    Kept only for what has no request Struct to decode into: REST query strings (values
+    arrive as strings; ``limit``, ``offset``, flags...), the REST bodies in
+    ``_rest_routes`` (not converted yet), tinkercloud's ``get_tokenizer`` query, and
+    ``create_custom_loss`` (read in ``_custom_losses``, outside the route modules).
 
     ``where`` is the first element of each issue's ``loc`` (``body``, ``query`` or ``path``).
     Query values arrive as strings and are parsed; body values must already have the right

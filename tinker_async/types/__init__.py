@@ -47,6 +47,8 @@ from ._datum import (
     SampledProvenanceSpan,
 )
 from ._futures import (
+    CancelFutureRequest,
+    CleanupFuturesRequest,
     CleanupFuturesResponse,
     FutureCompletion,
     FutureFailed,
@@ -107,6 +109,7 @@ from ._sampling import (
     SampleRequest,
     SamplingParams,
     StopReason,
+    TinkercloudSampleRequest,
 )
 from ._search import (
     AccessibleSearchOwner,
@@ -120,6 +123,7 @@ from ._search import (
     ClientSessionFinishReasonType,
     ClientSessionFinishSuccess,
     FailedSessionStatusQuery,
+    FinishSessionRequest,
     OwnSearchOwner,
     SearchOwner,
     SessionActive,
@@ -156,6 +160,7 @@ from ._session import (
     SessionHeartbeatRequest,
     SessionHeartbeatResponse,
     SupportedModel,
+    TwinkleCreateSessionRequest,
 )
 from ._telemetry import (
     EventType,
@@ -177,6 +182,7 @@ from ._tensor import (
 from ._training import (
     CreateModelRequest,
     CreateModelResponse,
+    DeleteModelRequest,
     ForwardBackwardInput,
     ForwardBackwardOutput,
     ForwardBackwardRequest,
@@ -218,6 +224,7 @@ __all__ = [
     "BillingUsageEvent",
     "BillingUsageResponse",
     "BillingUsageSession",
+    "CancelFutureRequest",
     "CancelledSessionStatusQuery",
     "CapacityInfo",
     "Checkpoint",
@@ -225,6 +232,7 @@ __all__ = [
     "CheckpointPath",
     "CheckpointType",
     "CheckpointsListResponse",
+    "CleanupFuturesRequest",
     "CleanupFuturesResponse",
     "ClientConfigRequest",
     "ClientConfigResponse",
@@ -254,6 +262,7 @@ __all__ = [
     "CustomLossInputRank",
     "CustomLossNode",
     "Datum",
+    "DeleteModelRequest",
     "DimuonOptimizerConfig",
     "DimuonParams",
     "DmelChunk",
@@ -261,6 +270,7 @@ __all__ = [
     "EventType",
     "ExternalWeightsUrlsResponse",
     "FailedSessionStatusQuery",
+    "FinishSessionRequest",
     "ForwardBackwardInput",
     "ForwardBackwardOutput",
     "ForwardBackwardRequest",
@@ -354,12 +364,14 @@ __all__ = [
     "TelemetrySendRequest",
     "TensorData",
     "TensorDtype",
+    "TinkercloudSampleRequest",
     "TopkLogprobs",
     "TorchNotInstalledError",
     "TrainingBillingEvent",
     "TrainingRun",
     "TrainingRunsResponse",
     "TryAgainResponse",
+    "TwinkleCreateSessionRequest",
     "UnhandledExceptionEvent",
     "UnloadModelRequest",
     "UnloadModelResponse",

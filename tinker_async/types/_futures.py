@@ -19,6 +19,8 @@ from ._weights import (
 )
 
 __all__ = [
+    "CancelFutureRequest",
+    "CleanupFuturesRequest",
     "CleanupFuturesResponse",
     "FutureCompletion",
     "FutureFailed",
@@ -58,6 +60,20 @@ class FutureRetrieveRequest(Model, kw_only=True, frozen=True):
 
     request_id: RequestID
     allow_metadata_only: bool = False
+
+
+class CancelFutureRequest(Model, kw_only=True, frozen=True):
+    """Stop pending work (``cancel_future``; the SDK sends it as a bare dict, it has no
+    request model of its own)."""
+
+    request_id: RequestID
+
+
+class CleanupFuturesRequest(Model, kw_only=True, frozen=True):
+    """Drop futures older than ``max_age_hours`` (tinkercloud's ``cleanup_futures``;
+    the server's default age when left out)."""
+
+    max_age_hours: float | None = None
 
 
 class TryAgainResponse(Model, kw_only=True, frozen=True, tag="try_again", tag_field="type"):

@@ -69,7 +69,7 @@ class EncodedTextChunk(
 
     tokens: Sequence[int]
     type: ClassVar[Literal["encoded_text"]] = "encoded_text"
-    _field_checks: ClassVar = {"tokens": Check(frozenset(), _check_tokens, "token ids")}
+    _field_checks: ClassVar[dict[str, Check]] = {"tokens": Check(frozenset(), _check_tokens, "token ids")}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EncodedTextChunk):
@@ -120,7 +120,7 @@ class ImageChunk(
     format: Literal["png", "jpeg"]
     expected_tokens: int | None = None
     type: ClassVar[Literal["image"]] = "image"
-    _field_checks: ClassVar = {"data": _B64_BYTES}
+    _field_checks: ClassVar[dict[str, Check]] = {"data": _B64_BYTES}
 
     @property
     def length(self) -> int:
@@ -158,7 +158,7 @@ class DmelChunk(Model, kw_only=True, frozen=True, gc=False, tag="dmel", tag_fiel
 
     dmel: bytes
     type: ClassVar[Literal["dmel"]] = "dmel"
-    _field_checks: ClassVar = {"dmel": _B64_BYTES}
+    _field_checks: ClassVar[dict[str, Check]] = {"dmel": _B64_BYTES}
 
     @property
     def length(self) -> int:

@@ -105,7 +105,7 @@ class OptimStepRequest(Model, kw_only=True, frozen=True, tag="optim_step", tag_f
     model_id: str
     seq_id: int | None = None
     type: ClassVar[Literal["optim_step"]] = "optim_step"
-    _field_checks: ClassVar = {
+    _field_checks: ClassVar[dict[str, Check]] = {
         "optim_params": Check(frozenset({_NoneType, AdamParams, DimuonParams}),
                               _check_optim_params, "an AdamParams, a DimuonParams or None")
     }

@@ -14,7 +14,7 @@ from ._model_input import ModelInput
 from ._tensor import TensorData, TensorDataWire
 from ._validation import Invalid, fail, lax_int, lax_str
 
-__all__ = ["SampleRequest", "SamplingParams", "StopReason"]
+__all__ = ["SampleRequest", "SamplingParams", "StopReason", "TinkercloudSampleRequest"]
 
 StopReason = Literal["length", "stop"]
 """Why sampling stopped: the token limit, or a stop sequence / EOS."""
@@ -51,7 +51,7 @@ class SamplingParams(Model, kw_only=True, frozen=True, gc=False):
 
     _ignore_extra: ClassVar[bool] = True  # a response type, as in the SDK
 
-    _field_checks: ClassVar = {"stop": Check(frozenset({_NoneType, str}), _check_stop,
+    _field_checks: ClassVar[dict[str, Check]] = {"stop": Check(frozenset({_NoneType, str}), _check_stop,
                                              _STOP_EXPECTED)}
 
     max_tokens: int | None = None
@@ -100,7 +100,7 @@ class SampleRequest(
     prompt_logprobs_last_n: int | None = None
     record_stability_info: bool | None = None
     type: ClassVar[Literal["sample"]] = "sample"
-    _field_checks: ClassVar = {
+    _field_checks: ClassVar[dict[str, Check]] = {
         "target_prompt_logprobs": Check(
             frozenset({_NoneType, TensorDataWire}), _check_target, "a TensorData or None"
         )
@@ -111,3 +111,13 @@ class SampleRequest(
         if self.record_stability_info is False:
             # False is the server default; sending it breaks servers that predate the field.
             msgspec.structs.force_setattr(self, "record_stability_info", None)
+
+
+class TinkercloudSampleRequest(SampleRequest, kw_only=True, frozen=True, gc=False, tag="sample",
+                               tag_field="type"):
+    """tinkercloud's documented sample body: a :class:`SampleRequest` that also names the
+    sampler ``model_id`` and prompt logprobs ``include_prompt_logprobs``. Not an official
+    type; official servers never get it."""
+
+    model_id: str | None = None
+    include_prompt_logprobs: bool | None = None

@@ -21,6 +21,7 @@ __all__ = [
     "ClientSessionFinishSuccess",
     "ClientSessionFinished",
     "FailedSessionStatusQuery",
+    "FinishSessionRequest",
     "OwnSearchOwner",
     "SearchOwner",
     "SessionActive",
@@ -142,6 +143,14 @@ class ClientSessionFinished(
     reason: ClientSessionFinishReason
     detail: str | None = None
     type: ClassVar[Literal["client_finished"]] = "client_finished"
+
+
+class FinishSessionRequest(Model, kw_only=True, frozen=True):
+    """Body of ``POST sessions/{id}/finish`` (the SDK sends it as a bare dict, with
+    ``detail`` as an explicit null; there is no official request model)."""
+
+    reason: ClientSessionFinishReason
+    detail: str | None = None
 
 
 class SessionActive(Model, kw_only=True, frozen=True, tag="active", tag_field="type"):

@@ -27,6 +27,7 @@ __all__ = [
     "SessionHeartbeatRequest",
     "SessionHeartbeatResponse",
     "SupportedModel",
+    "TwinkleCreateSessionRequest",
 ]
 
 
@@ -41,6 +42,13 @@ class CreateSessionRequest(
     project_id: str | None = None
     display_name: str | None = None
     type: ClassVar[Literal["create_session"]] = "create_session"
+
+
+class TwinkleCreateSessionRequest(Model, kw_only=True, frozen=True):
+    """Twinkle's ``create_session`` body: ``{"metadata": {...}}`` (its clients send no
+    tags, version or type). Not an official type."""
+
+    metadata: dict[str, Any] | None = None
 
 
 class CreateSessionResponse(Model, kw_only=True, frozen=True):

@@ -18,6 +18,7 @@ from ._tensor import TensorData, TensorDataWire
 __all__ = [
     "CreateModelRequest",
     "CreateModelResponse",
+    "DeleteModelRequest",
     "ForwardBackwardInput",
     "ForwardBackwardInputWire",
     "ForwardBackwardOutput",
@@ -129,7 +130,9 @@ class ForwardBackwardRequestWire(WireModel, kw_only=True, frozen=True):
 
     Encodes the official nested form (``forward_backward_input`` or ``forward_input``).
     Decoding also accepts the flat tinkercloud form (``data``, ``loss_fn`` and
-    ``loss_fn_config`` next to ``model_id``).
+    ``loss_fn_config`` next to ``model_id``). ``forward_only`` marks a forward pass sent to
+    ``forward_backward`` (servers without ``/forward``); ``type`` is the endpoint's name
+    (``"forward_backward"`` or ``"forward"``), which JSON servers accept and ignore.
     """
 
     model_id: str
@@ -139,6 +142,8 @@ class ForwardBackwardRequestWire(WireModel, kw_only=True, frozen=True):
     data: list[DatumWire] | None = None
     loss_fn: str | None = None
     loss_fn_config: dict[str, float | str] | None = None
+    forward_only: bool = False
+    type: str | None = None
 
     @classmethod
     def from_request(
@@ -285,6 +290,12 @@ class GetInfoResponse(Model, kw_only=True, frozen=True):
     lora_rank: int | None = None
     model_name: str | None = None
     type: str | None = None
+
+
+class DeleteModelRequest(Model, kw_only=True, frozen=True):
+    """Free a training model (tinkercloud's ``delete_model``; not in the official API)."""
+
+    model_id: ModelID
 
 
 class UnloadModelRequest(Model, kw_only=True, frozen=True, tag="unload_model", tag_field="type"):
