@@ -223,21 +223,42 @@ async def diagnose(
 
 async def _diagnose(rest: RestClient, timeout: float, no_key: bool,
                     forced: str | None) -> DoctorReport:
+    """Run the steps in order; each may end the report early (nothing there, key refused)."""
     p = _Prober(rest, timeout)
     t = rest._transport
     report = DoctorReport(base_url=t.config.base_url, reachable=False)
     if no_key:
         report.auth = "no API key given (pass --api-key): probes that need one may fail"
+    try:
+        healthz = await _identify(p, report)
+        if not report.reachable:
+            return report
+        config, dynamic, caps = await _handshake(p, report, no_key)
+        if report.auth.startswith("refused"):
+            _refused(report, forced)
+            return report
+        tinkercloud_caps = _list_models(report, caps)
+        seen = await _probe_routes(p)
+        seen.update(healthz=healthz, config=config, dynamic=dynamic, caps=caps)
+        _fill_features(report, seen)
+        _fill_routes(report, seen)
+        _classify(report, seen, tinkercloud_caps)
+        _advise(report, forced)
+        return report
+    finally:
+        report.probes = p.probes
 
-    # 1. Is anything there? (and who is it: the pages that name the software)
+
+async def _identify(p: _Prober, report: DoctorReport) -> Probe:
+    """Ask whether anything answers, and name the software from the pages that show it;
+    gives the ``healthz`` probe (the dialect step reads it)."""
     root, openapi, health, healthz, detailed = await asyncio.gather(
         p.raw("/"), p.raw("/openapi.json"), p.raw("/health"),
         p.api("GET", "healthz"), p.api("GET", "health"))
     report.reachable = any(x.status is not None for x in (root, openapi, health, healthz))
     if not report.reachable:
         report.evidence.append(f"no answer: {healthz.detail}")
-        report.probes = p.probes
-        return report
+        return healthz
     title = ""
     openapi_paths: set[str] = set()
     if openapi.ok and isinstance(openapi.data, dict):
@@ -259,8 +280,14 @@ async def _diagnose(rest: RestClient, timeout: float, no_key: bool,
         report.evidence.append("its health page says version 'tinker_async.local'")
     elif title:
         report.evidence.append(f"its OpenAPI title is {title!r}")
+    return healthz
 
-    # 2. The handshake, then the capabilities (with the server's auth mode in place).
+
+async def _handshake(p: _Prober, report: DoctorReport,
+                     no_key: bool) -> tuple[Probe, Probe, Probe]:
+    """Send the handshake, then ask for the capabilities with the server's auth mode in
+    place, noting whether the key was accepted; gives (config, dynamic_config, caps)."""
+    t = p.transport
     config = await p.api("POST", "client/config", {"sdk_version": PROTOCOL_SDK_VERSION})
     if config.status in (401, 403):
         report.auth = f"refused ({config.status}: {config.detail})"
@@ -278,13 +305,20 @@ async def _diagnose(rest: RestClient, timeout: float, no_key: bool,
         report.auth = f"refused ({caps.status}: {caps.detail})"
     elif caps.ok and not no_key:
         report.auth = "accepted"
-    if report.auth.startswith("refused"):
-        report.dialect = "unknown"
-        report.evidence.append("the server refused the API key, so its routes cannot be "
-                               "probed: pass the right one with --api-key")
-        report.use_dialect = forced
-        report.probes = p.probes
-        return report
+    return config, dynamic, caps
+
+
+def _refused(report: DoctorReport, forced: str | None) -> None:
+    """Finish the report of a server that refused the key (its routes cannot be probed)."""
+    report.dialect = "unknown"
+    report.evidence.append("the server refused the API key, so its routes cannot be "
+                           "probed: pass the right one with --api-key")
+    report.use_dialect = forced
+
+
+def _list_models(report: DoctorReport, caps: Probe) -> bool:
+    """Record the models the capabilities name; True if they come in tinkercloud's shape
+    (plain names, or a ``features`` list)."""
     tinkercloud_caps = False
     if caps.ok and isinstance(caps.data, dict):
         for entry in caps.data.get("supported_models") or []:
@@ -294,72 +328,96 @@ async def _diagnose(rest: RestClient, timeout: float, no_key: bool,
             elif isinstance(entry, dict) and entry.get("model_name"):
                 report.models.append(str(entry["model_name"]))
         tinkercloud_caps = tinkercloud_caps or "features" in caps.data
+    return tinkercloud_caps
 
-    # 3. Harmless probes of the routes that set servers apart.
+
+async def _probe_routes(p: _Prober) -> dict[str, Probe]:
+    """Send the harmless probes of the routes that set servers apart (all at once), then
+    the Twinkle health check; gives each answer by name."""
     probe_ids = {"session_id": _PROBE}
-    (strict, batch_poll, forward, sync_sample, cloud_poll, cancel, create_load, runs,
-     user_ckpts, sessions, capacity, archive, ext_urls, weights_info, sampler,
-     storage) = await asyncio.gather(
-        p.api("POST", "session_heartbeat", {**probe_ids, "doctor_probe": 1}),
-        p.api("POST", "retrieve_futures", {}),
-        p.api("POST", "forward", {}),
-        p.api("POST", "sample", {}),
-        p.api("POST", f"retrieve_future/{_PROBE}", {}),
-        p.api("POST", "cancel_future", {}),
-        p.api("POST", "load_weights", {**probe_ids, "model_seq_id": 0, "optimizer": False,
-                                       "path": f"tinker://{_PROBE}/weights/{_PROBE}",
-                                       "type": "load_weights"}),
-        p.api("GET", "training_runs?limit=5"),
-        p.api("GET", "checkpoints?limit=5"),
-        p.api("GET", "sessions?limit=1"),
-        p.api("GET", "capacity_info"),
-        p.api("GET", f"training_runs/{_PROBE}/checkpoints/weights/{_PROBE}/archive"),
-        p.api("GET", f"training_runs/{_PROBE}/checkpoints/external_weights/{_PROBE}"
-                     "/external_weights_urls"),
-        p.api("POST", "weights_info", {"tinker_path": f"tinker://{_PROBE}/weights/{_PROBE}"}),
-        p.api("GET", f"samplers/{_PROBE}"),
-        p.api("GET", "billing/usage/checkpoints/current"),
-    )
-    key = t.credentials.current()
-    twinkle = await p.raw("/twinkle/healthz", {
+    sent = {
+        "strict": p.api("POST", "session_heartbeat", {**probe_ids, "doctor_probe": 1}),
+        "batch_poll": p.api("POST", "retrieve_futures", {}),
+        "forward": p.api("POST", "forward", {}),
+        "sync_sample": p.api("POST", "sample", {}),
+        "cloud_poll": p.api("POST", f"retrieve_future/{_PROBE}", {}),
+        "cancel": p.api("POST", "cancel_future", {}),
+        "create_load": p.api("POST", "load_weights", {
+            **probe_ids, "model_seq_id": 0, "optimizer": False,
+            "path": f"tinker://{_PROBE}/weights/{_PROBE}", "type": "load_weights"}),
+        "runs": p.api("GET", "training_runs?limit=5"),
+        "user_ckpts": p.api("GET", "checkpoints?limit=5"),
+        "sessions": p.api("GET", "sessions?limit=1"),
+        "capacity": p.api("GET", "capacity_info"),
+        "archive": p.api("GET", f"training_runs/{_PROBE}/checkpoints/weights/{_PROBE}/archive"),
+        "ext_urls": p.api("GET", f"training_runs/{_PROBE}/checkpoints/external_weights/{_PROBE}"
+                                 "/external_weights_urls"),
+        "weights_info": p.api("POST", "weights_info",
+                              {"tinker_path": f"tinker://{_PROBE}/weights/{_PROBE}"}),
+        "sampler": p.api("GET", f"samplers/{_PROBE}"),
+        "storage": p.api("GET", "billing/usage/checkpoints/current"),
+    }
+    seen = dict(zip(sent, await asyncio.gather(*sent.values()), strict=True))
+    key = p.transport.credentials.current()
+    seen["twinkle"] = await p.raw("/twinkle/healthz", {
         "Authorization": f"Bearer {key}", "Twinkle-Authorization": f"Bearer {key}"})
+    return seen
 
+
+def _strict_fields(strict: Probe) -> bool:
+    """Whether the server refused the heartbeat probe's unknown field (a 422 naming it)."""
     strict_fields = strict.status == 422 and any(
         word in strict.detail.lower() for word in ("extra", "not permitted", "unknown field",
                                                    "doctor_probe"))
     if strict.status == 422 and not strict.detail and isinstance(strict.data, dict):
         strict_fields = "doctor_probe" in str(strict.data)
-    wants_model_id = create_load.status in (400, 422) and "model_id" in str(create_load.data)
-    schemes = {path.split("://")[0] for x in (runs, user_ckpts) if x.ok
-               for path in _paths_in(x.data)}
-    has_config = config.ok
+    return strict_fields
 
+
+def _fill_features(report: DoctorReport, seen: dict[str, Probe]) -> None:
+    """Fill the features table (has it, lacks it, could not tell) from the probes."""
+    has_config = seen["config"].ok
+    batch_poll, create_load, twinkle = seen["batch_poll"], seen["create_load"], seen["twinkle"]
+    wants_model_id = create_load.status in (400, 422) and "model_id" in str(create_load.data)
     f = report.features
     f["client/config handshake"] = has_config
-    f["client/dynamic_config"] = dynamic.ok
+    f["client/dynamic_config"] = seen["dynamic"].ok
     f["JWT auth (pjwt_auth_enabled)"] = bool(report.flags.get("pjwt_auth_enabled")) \
         if has_config else False
     f["retrieve_futures long-poll"] = bool(batch_poll.route_exists) and bool(
         report.flags.get("sample_use_retrieve_futures", batch_poll.route_exists))
     f["create via load_weights"] = (None if create_load.status is None
                                     else bool(create_load.route_exists) and not wants_model_id)
-    f["separate /forward route"] = forward.route_exists
-    f["cancel_future"] = cancel.route_exists
-    f["blocking /sample (tinkercloud)"] = sync_sample.route_exists
-    f["retrieve_future/{id} (tinkercloud)"] = cloud_poll.route_exists
-    f["strict request models (extra fields refused)"] = strict_fields
+    f["separate /forward route"] = seen["forward"].route_exists
+    f["cancel_future"] = seen["cancel"].route_exists
+    f["blocking /sample (tinkercloud)"] = seen["sync_sample"].route_exists
+    f["retrieve_future/{id} (tinkercloud)"] = seen["cloud_poll"].route_exists
+    f["strict request models (extra fields refused)"] = _strict_fields(seen["strict"])
     f["Twinkle manager API at /twinkle"] = twinkle.route_exists if twinkle.status != 401 \
         else True
-    r = report.routes
-    for name, probe in (("GET training_runs", runs), ("GET checkpoints", user_ckpts),
-                        ("GET sessions", sessions), ("GET capacity_info", capacity),
-                        ("GET .../archive (before SDK 0.38)", archive),
-                        ("GET .../external_weights_urls", ext_urls),
-                        ("POST weights_info", weights_info), ("GET samplers/{id}", sampler),
-                        ("GET billing/usage/checkpoints/current", storage)):
-        r[name] = probe.route_exists
 
-    # 4. The dialect.
+
+_ROUTES = (("GET training_runs", "runs"), ("GET checkpoints", "user_ckpts"),
+           ("GET sessions", "sessions"), ("GET capacity_info", "capacity"),
+           ("GET .../archive (before SDK 0.38)", "archive"),
+           ("GET .../external_weights_urls", "ext_urls"),
+           ("POST weights_info", "weights_info"), ("GET samplers/{id}", "sampler"),
+           ("GET billing/usage/checkpoints/current", "storage"))
+
+
+def _fill_routes(report: DoctorReport, seen: dict[str, Probe]) -> None:
+    """Fill the REST routes table (present or not) from the probes."""
+    for name, probe in _ROUTES:
+        report.routes[name] = seen[probe].route_exists
+
+
+def _classify(report: DoctorReport, seen: dict[str, Probe], tinkercloud_caps: bool) -> None:
+    """Name the protocol dialect, with the evidence for it."""
+    sync_sample, cloud_poll, twinkle = seen["sync_sample"], seen["cloud_poll"], seen["twinkle"]
+    has_config = seen["config"].ok
+    strict_fields = bool(report.features["strict request models (extra fields refused)"])
+    schemes = {path.split("://")[0] for x in (seen["runs"], seen["user_ckpts"]) if x.ok
+               for path in _paths_in(x.data)}
     if has_config:
         report.dialect = "official"
         report.evidence.append("it answers client/config (the official 0.38 handshake)")
@@ -375,7 +433,7 @@ async def _diagnose(rest: RestClient, timeout: float, no_key: bool,
     elif strict_fields:
         report.dialect = "strict"
         report.evidence.append("it refuses unknown request fields (422) and has no client/config")
-    elif healthz.route_exists is False and caps.route_exists is False \
+    elif seen["healthz"].route_exists is False and seen["caps"].route_exists is False \
             and twinkle.status is not None and twinkle.route_exists is not False:
         report.dialect = "twinkle"
         report.evidence.append("no /api/v1 surface, but a Twinkle one at /twinkle")
@@ -384,19 +442,21 @@ async def _diagnose(rest: RestClient, timeout: float, no_key: bool,
         report.evidence.append("no client/config: an older JSON Tinker-compatible server")
     if has_config and strict_fields:
         report.evidence.append("its request models are strict (unknown fields are a 422)")
+
+
+def _advise(report: DoctorReport, forced: str | None) -> None:
+    """Say which dialect to pass (if any) and how to connect, for people."""
     if forced:
         report.use_dialect = forced
     elif report.dialect == "tinkercloud":
         # Its documented JSON bodies; the handshake alone would only say "legacy".
         report.use_dialect = "tinkercloud"
-    if f["Twinkle manager API at /twinkle"]:
+    if report.features["Twinkle manager API at /twinkle"]:
         report.advice.append("its Twinkle management API: TwinkleClient, or "
                              "RestClient(dialect='twinkle') / --dialect twinkle")
     if report.dialect in ("strict", "twinkle", "legacy"):
         report.advice.append("training and sampling: no dialect needed (a 404 on "
                              "client/config makes the client use the legacy JSON protocol)")
-    report.probes = p.probes
-    return report
 
 
 async def _round_trip(rest: RestClient, report: DoctorReport, model: str | None,

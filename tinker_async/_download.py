@@ -341,6 +341,7 @@ class _Fetcher:
             return DownloadedFile(name, size, kept)
 
     async def _attempt(self, name: str, part: Path, entry: dict[str, Any]) -> int:
+        """One GET of ``name`` into ``part``, resuming from what it holds; the final size."""
         if self.rest._transport.closed:
             raise ClientClosedError("The RestClient was closed during the download.")
         have = _size(part) or 0
@@ -352,60 +353,81 @@ class _Fetcher:
             if entry.get("etag"):
                 headers["If-Range"] = entry["etag"]
         async with self.http.get(url, headers=headers, allow_redirects=True) as resp:
-            if resp.status in _REFUSED_URL:
-                await self.signer.refused(generation)
-                raise _Retry(f"HTTP {resp.status} from the signed URL (expired?)")
-            if resp.status == 416 and have:
-                _, total = _content_range(resp.headers.get("Content-Range"))
-                if total == have:  # the .part already holds the whole file
-                    self.progress.update(name, have, have)
-                    return have
-                self._discard(name, part)
-                raise _Retry("the server no longer has the range we had (file changed?)")
-            if resp.status in _RETRY_STATUS:
-                raise _Retry(f"HTTP {resp.status}")
-            if resp.status >= 400:
-                body = (await resp.read())[:500]
-                raise status_error_class(resp.status)(
-                    f"{resp.status} downloading {name}: "
-                    f"{body.decode('utf-8', 'replace') or resp.reason}",
-                    status_code=resp.status, method="GET")
-            etag = resp.headers.get("ETag")
-            if resp.status == 206:
-                start, total = _content_range(resp.headers.get("Content-Range"))
-                if start != have or (entry.get("etag") and etag and etag != entry["etag"]):
-                    self._discard(name, part)  # another file than the one we had part of
-                    raise _Retry("the file changed since the interrupted attempt")
-                mode = "ab"
-            else:  # 200: the whole file (no range asked, or the server ignored it)
-                length = resp.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                if have:
-                    self.discarded.add(name)
-                have, mode = 0, "wb"
-            entry.update({"size": total, "etag": etag})
-            self.state.files[name] = dict(entry)
-            self.state.save()
-            self.progress.update(name, have, total)
-            # File writes go to a worker thread: the loop may be the caller's own.
-            handle = await asyncio.to_thread(open, part, mode)
-            pending = bytearray()  # written in blocks; what arrived before a drop is kept
-            try:
-                async for data in resp.content.iter_any():
-                    pending += data
-                    if len(pending) >= _CHUNK:
-                        await asyncio.to_thread(handle.write, bytes(pending))
-                        have += len(pending)
-                        pending.clear()
-                        self.progress.update(name, have)
-            finally:
-                if pending:
-                    await asyncio.to_thread(handle.write, bytes(pending))
-                    have += len(pending)
-                    self.progress.update(name, have)
-                await asyncio.to_thread(handle.close)
+            if await self._check_status(resp, name, part, have, generation):
+                return have
+            have, mode, total = self._start(resp, name, part, entry, have)
+            have = await self._receive(resp, name, part, mode, have)
         if total is not None and have != total:
             raise _Retry(f"got {have} of {total} bytes")
+        return have
+
+    async def _check_status(self, resp: aiohttp.ClientResponse, name: str, part: Path,
+                            have: int, generation: int) -> bool:
+        """Raise for an answer that carries no bytes to keep (``_Retry`` when another try
+        may work); True when a 416 says the ``.part`` already holds the whole file."""
+        if resp.status in _REFUSED_URL:
+            await self.signer.refused(generation)
+            raise _Retry(f"HTTP {resp.status} from the signed URL (expired?)")
+        if resp.status == 416 and have:
+            _, total = _content_range(resp.headers.get("Content-Range"))
+            if total == have:  # the .part already holds the whole file
+                self.progress.update(name, have, have)
+                return True
+            self._discard(name, part)
+            raise _Retry("the server no longer has the range we had (file changed?)")
+        if resp.status in _RETRY_STATUS:
+            raise _Retry(f"HTTP {resp.status}")
+        if resp.status >= 400:
+            body = (await resp.read())[:500]
+            raise status_error_class(resp.status)(
+                f"{resp.status} downloading {name}: "
+                f"{body.decode('utf-8', 'replace') or resp.reason}",
+                status_code=resp.status, method="GET")
+        return False
+
+    def _start(self, resp: aiohttp.ClientResponse, name: str, part: Path,
+               entry: dict[str, Any], have: int) -> tuple[int, str, int | None]:
+        """Check a 206 continues the file we had part of (a 200 starts over), and record
+        its size and ETag; gives (bytes kept, file mode, total size or None)."""
+        etag = resp.headers.get("ETag")
+        if resp.status == 206:
+            start, total = _content_range(resp.headers.get("Content-Range"))
+            if start != have or (entry.get("etag") and etag and etag != entry["etag"]):
+                self._discard(name, part)  # another file than the one we had part of
+                raise _Retry("the file changed since the interrupted attempt")
+            mode = "ab"
+        else:  # 200: the whole file (no range asked, or the server ignored it)
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if have:
+                self.discarded.add(name)
+            have, mode = 0, "wb"
+        entry.update({"size": total, "etag": etag})
+        self.state.files[name] = dict(entry)
+        self.state.save()
+        self.progress.update(name, have, total)
+        return have, mode, total
+
+    async def _receive(self, resp: aiohttp.ClientResponse, name: str, part: Path, mode: str,
+                       have: int) -> int:
+        """Write the body to ``part`` as it arrives; gives the bytes it then holds."""
+        # File writes go to a worker thread: the loop may be the caller's own.
+        handle = await asyncio.to_thread(open, part, mode)
+        pending = bytearray()  # written in blocks; what arrived before a drop is kept
+        try:
+            async for data in resp.content.iter_any():
+                pending += data
+                if len(pending) >= _CHUNK:
+                    await asyncio.to_thread(handle.write, bytes(pending))
+                    have += len(pending)
+                    pending.clear()
+                    self.progress.update(name, have)
+        finally:
+            if pending:
+                await asyncio.to_thread(handle.write, bytes(pending))
+                have += len(pending)
+                self.progress.update(name, have)
+            await asyncio.to_thread(handle.close)
         return have
 
     def _discard(self, name: str, part: Path) -> None:

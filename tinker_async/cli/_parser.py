@@ -196,6 +196,12 @@ def _checkpoint_commands(top: Any) -> None:
                   verb + " Only the owner of the run can.",
                   [f"{PROG} checkpoint {name} tinker://RUN_ID/weights/final"])
         p.add_argument("path", metavar="PATH", help=_PATH_HELP)
+    _checkpoint_set_ttl(sub)
+    _checkpoint_delete(sub)
+    _checkpoint_download(sub)
+
+
+def _checkpoint_set_ttl(sub: Any) -> None:
     p = _leaf(sub, "set-ttl", _K + "checkpoint_set_ttl", "set or remove a checkpoint's expiry",
               "Make a checkpoint expire TTL from now (--ttl), or never (--remove).",
               [f"{PROG} checkpoint set-ttl tinker://RUN_ID/weights/final --ttl 7d",
@@ -205,6 +211,9 @@ def _checkpoint_commands(top: Any) -> None:
     choice.add_argument("--ttl", type=duration, metavar="TTL",
                         help="seconds, or 90m / 12h / 7d / 2w / 1y")
     choice.add_argument("--remove", action="store_true", help="remove the expiry")
+
+
+def _checkpoint_delete(sub: Any) -> None:
     p = _leaf(sub, "delete", _K + "checkpoint_delete", "delete checkpoints (asks first)",
               "Delete checkpoints for good: the paths given, or those of a run (--run-id),\n"
               "optionally filtered by type and creation time (UTC). Shows what will go, with\n"
@@ -220,6 +229,9 @@ def _checkpoint_commands(top: Any) -> None:
     p.add_argument("--before", metavar="TIME", help="created before (ISO 8601, UTC assumed)")
     p.add_argument("--after", metavar="TIME", help="created after (ISO 8601, UTC assumed)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+
+
+def _checkpoint_download(sub: Any) -> None:
     p = _leaf(sub, "download", _K + "checkpoint_download", "download a checkpoint's files",
               "Download a training (weights/...) or external weights checkpoint into\n"
               "OUTPUT/<path with / as _>. A training checkpoint is first exported as\n"
