@@ -41,6 +41,8 @@ class FlakyProxy:
         self._stalls_left: int | None = None
         self._released = threading.Event()
         self.cuts_done = 0
+        #: file responses that have reached their stall point (and wait for release())
+        self.stalls_begun = 0
         self.file_requests: list[dict[str, str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -101,12 +103,17 @@ class FlakyProxy:
                         self.cuts_done += 1
                         # Let the client read what was sent before the connection goes
                         # (aiohttp drops unread bytes once it sees the broken stream).
-                        await asyncio.sleep(0.2)
+                        # Not deterministic: the proxy cannot see what the client has
+                        # read (its .part file is written in blocks), so this is a grace
+                        # period, kept wide; only the exact-size checks of
+                        # test_download depend on it.
+                        await asyncio.sleep(0.5)
                         assert request.transport is not None
                         request.transport.close()
                         return response
                     if self._stalls_left is not None:
                         self._stalls_left -= 1
+                    self.stalls_begun += 1
                     for _ in range(_STALL_POLLS):  # wait for release() (or give up)
                         if self._released.is_set():
                             break

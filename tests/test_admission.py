@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _waiting import wait_until_async
 
 import tinker_async as tinker
 from tinker_async import _sampling_target
@@ -119,8 +120,8 @@ async def test_only_the_callers_deadline_fails_a_rate_limited_call(
     # only at its own call_timeout, with a RateLimitError that says what happened.
     fresh_server.faults.add(r"/asample$", status=429, retry_after=0.05, count=None)
     async with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key,
-                                    call_timeout=1.0) as svc:
-        sc = await sampler(svc)
+                                    call_timeout=3.0) as svc:
+        sc = await sampler(svc)  # its own call_timeout; 3 s: margin for a loaded machine
         with pytest.raises(tinker.RateLimitError) as info:
             await sc.sample_async(PROMPT, 1, PARAMS)
     message = str(info.value)
@@ -180,7 +181,9 @@ async def test_queue_state_changes_are_logged_once_and_reach_the_hooks(
     fresh_server: LocalServer, service: tinker.ServiceClient,
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_sampling_target, "RESUME_AFTER_S", 0.2)
+    # Long enough that the sample (3 refusals, then served) is certainly back before the
+    # paused state may lapse, even on a loaded machine; the wait below is a hang guard.
+    monkeypatch.setattr(_sampling_target, "RESUME_AFTER_S", 3.0)
     sc = await sampler(service)
     heard: list[tuple[tinker.QueueState, str | None]] = []
     hooked: list[tuple[tinker.QueueState, str | None]] = []
@@ -193,10 +196,9 @@ async def test_queue_state_changes_are_logged_once_and_reach_the_hooks(
     with caplog.at_level(logging.INFO, logger="tinker_async"):
         await sc.sample_async(PROMPT, 1, PARAMS)
         assert sc.stats().queue_state is tinker.QueueState.PAUSED_RATE_LIMIT
-        for _ in range(100):  # back to active once the server has served it a while
-            if sc.queue_state is tinker.QueueState.ACTIVE:
-                break
-            await asyncio.sleep(0.02)
+        # back to active once the server has served it a while
+        await wait_until_async(lambda: sc.queue_state is tinker.QueueState.ACTIVE,
+                               "the queue state to turn active again")
     paused = (tinker.QueueState.PAUSED_RATE_LIMIT, "concurrent sampler weights limit hit")
     assert heard == hooked == [paused, (tinker.QueueState.ACTIVE, None)]
     changes = [r for r in caplog.records if r.levelno == logging.INFO

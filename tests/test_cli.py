@@ -14,12 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from _flaky_proxy import FlakyProxy
+from _waiting import wait_until
 
 from tinker_async.local import LocalServer
 
@@ -333,17 +333,22 @@ def test_ctrl_c_stops_a_download_quietly_and_running_it_again_resumes(
             "-o", str(tmp_path), "--api-key", api_key, "--parallel", "1"]
     target = tmp_path / seeded["external"].removeprefix("tinker://").replace("/", "_")
     part = target / (WEIGHTS + ".part")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     with FlakyProxy(fresh_server.url).running() as proxy:
         proxy.stall(after_bytes=600_000)
         child = subprocess.Popen([*args, "--base-url", proxy.url], env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(2400):  # until the first block is on disk (bounded: 2 minutes)
-            if part.exists() and part.stat().st_size > 0:
-                break
-            time.sleep(0.05)
+        # Ctrl-C once the download is waiting on the stalled connection, its first block
+        # on disk (not while that block is still being written).
+        wait_until(lambda: proxy.stalls_begun > 0 and part.exists() and part.stat().st_size > 0,
+                   "the download to stall with its first block on disk")
         child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=HANG_GUARD_S)
+        try:
+            out, err = child.communicate(timeout=60)  # a hang guard, under pytest's 120 s
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)  # faulthandler prints where the child hangs
+            out, err = child.communicate(timeout=HANG_GUARD_S)
+            raise AssertionError(f"the CLI did not stop on Ctrl-C:\n{err}") from None
         assert child.returncode == 130
         assert out == "" and err == ""  # quietly
         kept = part.stat().st_size  # what arrived before Ctrl-C is kept

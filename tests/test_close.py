@@ -20,7 +20,12 @@ async def main():
         params = tinker.SamplingParams(max_tokens=4)
         tasks = [asyncio.ensure_future(sc.sample_async(prompt, 1, params)) for _ in range(400)]
         sync_futures = [sc.sample(prompt, 1, params) for _ in range(50)]
-        await asyncio.sleep(0.2)
+        # Close once some calls have finished (so the pool is in use), most not: a wait on a
+        # condition, bounded; either way every call must end cleanly.
+        for _ in range(6000):
+            if any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.01)
         await svc.close_async()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for f in sync_futures:

@@ -109,13 +109,13 @@ def test_cookbook_async_patterns(fresh_server: LocalServer, api_key: str) -> Non
         _api_future._warned_blocking = False
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            blocking = training_client.forward(batches[0], "cross_entropy").result(30)
-            again = sampling_client.sample(prompt, 1, params).result(30)
+            blocking = training_client.forward(batches[0], "cross_entropy").result(60)
+            again = sampling_client.sample(prompt, 1, params).result(60)
         fut_cf = sampling_client.sample(prompt, 1, params).future()
         done: list[Any] = []
         fut_cf.add_done_callback(done.append)
         await asyncio.wrap_future(fut_cf)
-        service_client.close().result(30)
+        service_client.close().result(60)
         return {"metrics": metrics, "response": response, "gathered": gathered,
                 "caught": caught, "blocking": blocking, "again": again, "done": done}
 
@@ -193,11 +193,11 @@ def test_asyncio_run_several_times_with_one_client(fresh_server: LocalServer,
         return float((await fb).metrics["loss:sum"])
 
     losses = [asyncio.run(step()) for _ in range(3)]
-    losses.append(training_client.forward([datum], "cross_entropy").result(30).metrics["loss:sum"])
+    losses.append(training_client.forward([datum], "cross_entropy").result(60).metrics["loss:sum"])
     assert losses[-1] < losses[0]
-    path = asyncio.run(training_client.save_state_async("x")).result(30).path
+    path = asyncio.run(training_client.save_state_async("x")).result(60).path
     assert path.endswith("/weights/x")
-    service_client.close().result(30)
+    service_client.close().result(60)
 
 
 def test_types_behave_like_the_sdk_ones() -> None:
@@ -266,11 +266,11 @@ def test_creation_future_used_as_the_client(fresh_server: LocalServer, api_key: 
             info = training_client.get_info()
         assert info.lora_rank == 2
         datum = sft_datum(training_client.get_tokenizer(), "old style")
-        out = training_client.forward_backward([datum], "cross_entropy").result(30)
+        out = training_client.forward_backward([datum], "cross_entropy").result(60)
         assert out.metrics["loss:sum"] > 0
         sampling_client: Any = service_client.create_sampling_client(base_model=MODEL)
         resp = sampling_client.sample(tinker.ModelInput.from_ints([65, 66]), 1,
-                                      tinker.SamplingParams(max_tokens=2)).result(30)
+                                      tinker.SamplingParams(max_tokens=2)).result(60)
         assert len(resp.sequences) == 1
         assert training_client.result().model_id == training_client.model_id
 

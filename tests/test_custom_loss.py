@@ -187,7 +187,7 @@ def test_server_refuses_uploads_when_the_flag_is_off(server: LocalServer) -> Non
                                        "name": "x", "inputs": [], "graph": {"nodes": []}}) as r:
                 return r.status, await r.json()
 
-    status, body = asyncio.run(asyncio.wait_for(main(), 20))
+    status, body = asyncio.run(asyncio.wait_for(main(), 60))
     assert status == 400
     assert "custom_loss_server_side" in body["detail"]
 
@@ -204,7 +204,7 @@ def test_server_without_torch_answers_400(upload_server: LocalServer) -> None:
             async with http.post("/api/v1/create_custom_loss", json=body) as r:
                 return r.status, await r.json()
 
-    status, body = asyncio.run(asyncio.wait_for(main(), 20))
+    status, body = asyncio.run(asyncio.wait_for(main(), 60))
     assert status == 400
     assert "torch is not installed" in body["detail"]
     assert "pip install 'tinker-async[torch]'" in body["detail"]
@@ -625,4 +625,4 @@ def test_the_official_sdk_uploads_and_trains_against_the_embedded_server(
         with pytest.raises(ValueError, match="already created"):
             svc.create_custom_loss(neg_ll, RANKS).result(timeout=60)
     finally:
-        svc.close("success").result(30)
+        svc.close("success").result(60)

@@ -33,7 +33,7 @@ def test_get_server_capabilities_returns_the_value(server: LocalServer, api_key:
     service = tinker.ServiceClient(base_url=server.url, api_key=api_key)
     caps = service.get_server_capabilities()  # blocks and returns, as the official SDK
     assert MODEL in [m.model_name for m in caps.supported_models]
-    service.close().result(30)
+    service.close().result(60)
 
 
 def test_whoami_returns_a_future(server: LocalServer, api_key: str) -> None:
@@ -41,15 +41,15 @@ def test_whoami_returns_a_future(server: LocalServer, api_key: str) -> None:
     fut = rest.whoami()
     assert isinstance(fut, tinker.APIFuture)
     with pytest.raises(RuntimeError, match="JWT"):  # a plain key is not a JWT
-        fut.result(10)
+        fut.result(60)
 
 
 def test_archive_url_points_at_a_tar_of_the_checkpoint(fresh_server: LocalServer,
                                                        api_key: str) -> None:
     service, run_id, path = _trained_checkpoint(fresh_server.url, api_key)
     rest = service.create_rest_client()
-    by_path = rest.get_checkpoint_archive_url_from_tinker_path(path).result(30)
-    by_ids = rest.get_checkpoint_archive_url(run_id, "weights/ckpt").result(30)
+    by_path = rest.get_checkpoint_archive_url_from_tinker_path(path).result(60)
+    by_ids = rest.get_checkpoint_archive_url(run_id, "weights/ckpt").result(60)
     now = dt.datetime.now(dt.timezone.utc)
     for answer in (by_path, by_ids):
         assert answer.expires > now and answer.expires_at == answer.expires
@@ -58,9 +58,9 @@ def test_archive_url_points_at_a_tar_of_the_checkpoint(fresh_server: LocalServer
         names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
         assert names and all(not n.startswith("/") and ".." not in n for n in names)
     with pytest.raises(tinker.NotFoundError) as missing:
-        rest.get_checkpoint_archive_url(run_id, "weights/nope").result(30)
+        rest.get_checkpoint_archive_url(run_id, "weights/nope").result(60)
     assert not isinstance(missing.value, tinker.UnsupportedByServerError)
-    service.close().result(30)
+    service.close().result(60)
 
 
 def test_archive_url_on_a_server_without_it_names_the_way_that_works(api_key: str) -> None:
@@ -70,9 +70,9 @@ def test_archive_url_on_a_server_without_it_names_the_way_that_works(api_key: st
         rest = service.create_rest_client()
         with pytest.raises(tinker.UnsupportedByServerError,
                            match="get_external_weights_urls") as err:
-            rest.get_checkpoint_archive_url_from_tinker_path(path).result(30)
+            rest.get_checkpoint_archive_url_from_tinker_path(path).result(60)
         assert isinstance(err.value, tinker.NotFoundError) and err.value.status_code == 404
-        service.close().result(30)
+        service.close().result(60)
 
 
 def test_queue_state_reaches_on_queue_state_change(
@@ -101,7 +101,7 @@ def test_queue_state_reaches_on_queue_state_change(
     paused_logs = [r for r in caplog.records if "Sampling is paused" in r.getMessage()]
     assert len(paused_logs) == 1  # logged once, not once per answer
     assert "concurrent LoRA rate limit" in paused_logs[0].getMessage()
-    service.close().result(30)
+    service.close().result(60)
 
 
 def test_sampling_client_create(fresh_server: LocalServer, api_key: str) -> None:
@@ -116,7 +116,7 @@ def test_sampling_client_create(fresh_server: LocalServer, api_key: str) -> None
     prompt = tinker.ModelInput.from_ints([72, 105])
     out = again.sample(prompt, 1, tinker.SamplingParams(max_tokens=2)).result(60)
     assert len(out.sequences) == 1
-    service.close().result(30)
+    service.close().result(60)
 
 
 def test_get_telemetry_records_locally_and_sends_nothing(fresh_server: LocalServer,
@@ -136,7 +136,7 @@ def test_get_telemetry_records_locally_and_sends_nothing(fresh_server: LocalServ
     assert telemetry.events[1].event_data["error_message"] == "boom"
     assert tinker.RestClient(base_url=fresh_server.url, api_key=api_key).get_telemetry().events == []
     assert tinker.AdminClient(base_url=fresh_server.url, api_key=api_key).get_telemetry() is not None
-    service.close().result(30)
+    service.close().result(60)
     assert not [r for r in fresh_server.requests if "telemetry" in r.path]
 
 
@@ -161,7 +161,7 @@ def test_create_from_state_falls_back_when_the_server_refuses_the_one_call_form(
         refused = [r for r in loads if r.status == 400]
         assert len(refused) == 1  # learned once, then the two-step form only
         assert b"session_id" in refused[0].body and b"model_id" not in refused[0].body
-        service.close().result(30)
+        service.close().result(60)
 
 
 def test_client_futures_are_clients_and_forward(fresh_server: LocalServer, api_key: str) -> None:
@@ -184,7 +184,7 @@ def test_client_futures_are_clients_and_forward(fresh_server: LocalServer, api_k
         assert training_fut.model_id == training_fut.result(60).model_id
     assert len(out.sequences) == 1
     assert any(issubclass(w.category, FutureWarning) for w in caught)
-    service.close().result(30)
+    service.close().result(60)
 
 
 def test_auth_helpers(fresh_server: LocalServer, api_key: str,
@@ -234,7 +234,7 @@ def test_wrong_argument_types_fail_at_the_call(fresh_server: LocalServer, api_ke
     out = sampler.sample(tinker.ModelInput.from_ints([1, 2]), np.int64(1),
                          tinker.SamplingParams(max_tokens=1)).result(60)
     assert len(out.sequences) == 1
-    service.close().result(30)
+    service.close().result(60)
 
 
 def test_external_export_encrypted_to_age_recipients(fresh_server: LocalServer,
@@ -256,7 +256,7 @@ def test_external_export_encrypted_to_age_recipients(fresh_server: LocalServer,
         assert data == (Path(plain_dir) / name.removesuffix(".age")).read_bytes()
     with pytest.raises(tinker.RequestFailedError, match="not an age or SSH recipient"):
         training.save_weights_external("bad", age_encryption_recipients=["nope"]).result(60)
-    service.close().result(30)
+    service.close().result(60)
 
 
 def test_tokenizer_ids_follow_the_official_rules(tmp_path: Any) -> None:

@@ -522,7 +522,9 @@ async def test_a_pause_longer_than_the_progress_timeout_is_a_typed_timeout_then_
         after = await pipelined_steps(tc, range(3, 4))
     await rest.close_async()
     assert_all_ok([*first, *again])
-    assert all(isinstance(c.error, APITimeoutError) for c in [during[0], *sampled, runs])
+    timed_out = [during[0], *sampled, runs]
+    assert all(isinstance(c.error, APITimeoutError) for c in timed_out), [
+        (c.kind, repr(c.error)) for c in timed_out]
     # The step that timed out was a submit that may sit in the server's socket, so the
     # client cannot know whether it will be applied: it stops taking steps and says so.
     assert all("sequence is unknown" in str(c.error) for c in [*during[1:], *after])

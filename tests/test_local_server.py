@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from _waiting import HANG_GUARD_S
+from _waiting import HANG_GUARD_S, close_official
 from aiohttp import web
 
 from tinker_async.local import LocalServer
@@ -158,11 +158,13 @@ def test_client_config_flags_are_configurable() -> None:
 
 
 def test_session_lifecycle_finish_and_expiry() -> None:
-    # Expiry is the one thing here that needs time to pass. Only the keep-alive part has
-    # an upper bound (a gap between heartbeats must stay under the 1 s timeout; it is
-    # 0.1 s, a tenfold margin); the expiry part only waits at least the timeout.
+    # Expiry is the one thing here that needs time to pass: the server's session clock
+    # is injected, so the test moves it instead of waiting (and a slow machine cannot
+    # make a gap between heartbeats look like an expiry).
     timeout_s = 1.0
     server = LocalServer(api_key=KEY, session_timeout_s=timeout_s)
+    now = [time.monotonic()]
+    server.state._monotonic = lambda: now[0]  # session liveness reads only this clock
     with server.in_thread():
 
         async def body(s: aiohttp.ClientSession) -> None:
@@ -192,13 +194,10 @@ def test_session_lifecycle_finish_and_expiry() -> None:
                 return status, data
 
             sid = await new_session()
-            # Heartbeats keep it alive past the timeout.
-            started = time.monotonic()
-            for _ in range(100):  # bounded; about 12 beats
+            # Heartbeats keep it alive past the timeout (12 beats, 0.5 timeouts apart).
+            for _ in range(12):
                 assert await heartbeat(sid) == (200, {"type": "session_heartbeat"})
-                if time.monotonic() - started > 1.2 * timeout_s:
-                    break
-                await asyncio.sleep(timeout_s / 10)
+                now[0] += timeout_s / 2
             status, data, _ = await req(s, "GET", f"/api/v1/sessions/{sid}")
             assert data == {
                 "training_run_ids": [],
@@ -223,10 +222,9 @@ def test_session_lifecycle_finish_and_expiry() -> None:
                 "reason": {"type": "success"},
             }
 
-            # Without heartbeats a session expires (a lower bound: a slow machine only
-            # waits longer).
+            # Without heartbeats a session expires.
             idle = await new_session()
-            await asyncio.sleep(1.2 * timeout_s)
+            now[0] += 1.2 * timeout_s
             status, data = await heartbeat(idle)
             assert status == 410 and "expired" in data["detail"]
 
@@ -677,7 +675,7 @@ def test_official_service_client_session_and_sampler(srv: LocalServer) -> None:
     assert sampler_ids == [f"{session_id}:sample:0"]
     assert rest.get_sampler(sampler_ids[0]).result(60).base_model == MODEL
 
-    service.close("success").result(60)
+    close_official(service, srv)
     assert srv.count(rf"/sessions/{session_id}/finish$", "POST") == 1
     assert srv.state.get_session(session_id).finish_reason == "success"
     paths = [r.path for r in srv.requests]
@@ -729,7 +727,7 @@ def test_official_sdk_samples_through_the_future_store() -> None:
         for result in results:
             assert [s.tokens for s in result.sequences] == [[0, 7], [1, 7]]
             assert all(s.sequence_id for s in result.sequences)
-        service.close("success").result(60)
+        close_official(service, server)
         # The SDK used the session long-poll, then fetched each payload as protobuf.
         log = [(r.path, r.status, r.body[:120]) for r in server.requests]
         assert server.count(r"/retrieve_futures$") >= 1, log

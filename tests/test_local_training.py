@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from _waiting import HANG_GUARD_S
+from _waiting import HANG_GUARD_S, close_official
 
 from tinker_async.local import LocalServer
 from tinker_async.local._proto_server import decode_forward_backward_request
@@ -273,7 +273,7 @@ def test_official_sdk_full_training_loop(srv: LocalServer) -> None:
     header_len = int.from_bytes(blob[:8], "little")
     assert b"lora_A.weight" in blob[8 : 8 + header_len]
 
-    service.close("success").result(60)
+    close_official(service, srv)
     # Samples went through the session long-poll (on by default on this server), then
     # their payloads were fetched as protobuf.
     assert srv.count(r"/retrieve_futures$") >= 1
@@ -320,7 +320,7 @@ def test_official_sdk_chunked_forward_backward_is_applied_in_order(
         arrived = [decode_forward_backward_request(r.body).seq_id for r in submits]
         assert sorted(arrived) == [4, 5, 6] and arrived[-1] == 4
         assert applied == [1, 2, 3, 4, 5, 6, 7]
-        service.close("success").result(60)
+        close_official(service, server)
 
 
 def test_official_sdk_per_request_polling_and_compressed_bodies() -> None:
@@ -343,7 +343,7 @@ def test_official_sdk_per_request_polling_and_compressed_bodies() -> None:
         for future in futures:
             got = future.result(60)
             assert len(got.sequences) == 2 and all(s.sequence_id for s in got.sequences)
-        service.close("success").result(60)
+        close_official(service, server)
     compressed = [r for r in server.requests if r.path == f"{API}/forward_backward"]
     assert compressed and compressed[0].headers.get("Content-Encoding") == "zstd"
     assert server.count(r"/retrieve_futures$") == 0
@@ -360,6 +360,8 @@ def test_out_of_order_requests_are_held_and_applied_in_order(srv: LocalServer) -
         _, save = await post(
             s, "save_weights", {"model_id": model_id, "seq_id": 3, "path": "ordered"}
         )
+        # Time for a wrong server to apply it early. Not a bound that can fail: a slow
+        # machine can only hide such a bug here, never make a right server fail.
         await asyncio.sleep(0.2)
         held = srv.futures.get(step["request_id"])
         assert held is not None and held.state == "pending"  # seq 1 has not arrived

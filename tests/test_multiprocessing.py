@@ -65,7 +65,7 @@ if __name__ == "__main__":
 def blob(server: LocalServer) -> Iterator[bytes]:
     """A pickled SamplingClient; its session lives (here) while the module's tests run."""
     with tinker.ServiceClient(base_url=server.url, api_key=_key()) as svc:
-        sc = svc.create_sampling_client(base_model=MODEL).result(30)
+        sc = svc.create_sampling_client(base_model=MODEL).result(60)
         data = pickle.dumps(sc)
         assert _key().encode() not in data
         yield data
@@ -74,9 +74,9 @@ def blob(server: LocalServer) -> Iterator[bytes]:
 @pytest.fixture(scope="module")
 def expected(server: LocalServer) -> list[int]:
     with tinker.ServiceClient(base_url=server.url, api_key=_key()) as svc:
-        sc = svc.create_sampling_client(base_model=MODEL).result(30)
+        sc = svc.create_sampling_client(base_model=MODEL).result(60)
         r = sc.sample(tinker.ModelInput.from_ints(PROMPT), 1,
-                      tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(30)
+                      tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(60)
     return list(r.sequences[0].tokens)
 
 
@@ -145,10 +145,10 @@ def test_configure_checks_and_forgets_the_key(
         # A client made without api_key= uses the configured key, ahead of the environment.
         monkeypatch.setenv("TINKER_API_KEY", "tml-wrong-key-from-env")
         with tinker.ServiceClient(base_url=fresh_server.url) as svc:
-            assert svc.connect().result(30)
+            assert svc.connect().result(60)
         tinker.configure()  # no argument: nothing changes
         with tinker.ServiceClient(base_url=fresh_server.url) as svc:
-            assert svc.connect().result(30)
+            assert svc.connect().result(60)
     finally:
         tinker.configure(api_key=None)
     monkeypatch.delenv("TINKER_API_KEY")
@@ -160,7 +160,7 @@ def test_an_unpickled_client_takes_a_key_configured_after_it_was_made(
     fresh_server: LocalServer, run_script: Callable[..., str]
 ) -> None:
     with tinker.ServiceClient(base_url=fresh_server.url, api_key=_key()) as svc:
-        sc = svc.create_sampling_client(base_model=MODEL).result(30)
+        sc = svc.create_sampling_client(base_model=MODEL).result(60)
         blob = base64.b64encode(pickle.dumps(sc)).decode()
         out = run_script(
             "import base64, pickle\n"
@@ -168,9 +168,9 @@ def test_an_unpickled_client_takes_a_key_configured_after_it_was_made(
             f"sc = pickle.loads(base64.b64decode({blob!r}))\n"
             "p, params = tinker.ModelInput.from_ints([72]), tinker.SamplingParams(max_tokens=2)\n"
             "try:\n"
-            "    sc.sample(p, 1, params).result(30)\n"
+            "    sc.sample(p, 1, params).result(60)\n"
             "except tinker.ConfigurationError as exc:\n"
             "    print('FIRST', type(exc).__name__)\n"
             f"tinker.configure(api_key={_key()!r})\n"
-            "print('THEN', len(sc.sample(p, 1, params).result(30).sequences[0].tokens))\n")
+            "print('THEN', len(sc.sample(p, 1, params).result(60).sequences[0].tokens))\n")
     assert "FIRST ConfigurationError" in out and "THEN 2" in out

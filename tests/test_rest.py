@@ -200,10 +200,10 @@ def test_whoami_reads_jwt_locally(server: LocalServer) -> None:
     claims = base64.urlsafe_b64encode(json.dumps(
         {"sub": "user:1", "org_id": "org:2", "email": "a@b.c"}).encode()).decode().rstrip("=")
     jwt = f"eyJhbGciOiJub25lIn0.{claims}.sig"
-    who = RestClient(base_url=server.url, api_key=jwt).whoami().result(10)  # an APIFuture
+    who = RestClient(base_url=server.url, api_key=jwt).whoami().result(60)  # an APIFuture
     assert (who.user_urn, who.org_urn, who.email) == ("user:1", "org:2", "a@b.c")
     with pytest.raises(RuntimeError, match="JWT"):
-        RestClient(base_url=server.url, api_key="tml-plain").whoami().result(10)
+        RestClient(base_url=server.url, api_key="tml-plain").whoami().result(60)
 
 
 async def test_twinkle_surface(server: LocalServer, api_key: str, seeded: dict[str, Any]) -> None:

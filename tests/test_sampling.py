@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from _waiting import HANG_GUARD_S, wait_until_async
 
 import tinker_async as tinker
 from tinker_async._config import RetryPolicy
@@ -209,7 +210,7 @@ async def test_429_on_asample_is_retried_with_the_same_seq_id(
     sc: tinker.SamplingClient, prompt: tinker.ModelInput, fresh_server: LocalServer
 ) -> None:
     fresh_server.faults.add(r"/asample$", status=429, count=3, retry_after=0)
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)
     assert len(r.sequences) == 1
     asamples = [q for q in fresh_server.requests if q.path.endswith("/asample")]
     assert [q.status for q in asamples] == [429, 429, 429, 200]
@@ -274,14 +275,14 @@ async def test_410_on_poll_resubmits(api_key: str, batch_poll: bool) -> None:
             sc = await svc.create_sampling_client_async(base_model=MODEL)
             p = tinker.ModelInput.from_ints([72, 105, 32])
             srv.faults.add(r"/retrieve_future$", status=410, count=1)
-            r = await asyncio.wait_for(sc.sample_async(p, 1, GREEDY), 30)
+            r = await asyncio.wait_for(sc.sample_async(p, 1, GREEDY), 60)
             assert len(r.sequences[0].tokens) == 8
             bodies = asample_bodies(srv)
             assert len(bodies) == 2 and {b["seq_id"] for b in bodies} == {0}
             # A promise that keeps expiring is given up after a few resubmits.
             srv.faults.add(r"/retrieve_future$", status=410, count=None)
             with pytest.raises(tinker.TinkerError, match="410"):
-                await asyncio.wait_for(sc.sample_async(p, 1, GREEDY), 30)
+                await asyncio.wait_for(sc.sample_async(p, 1, GREEDY), 60)
             assert len(asample_bodies(srv)) == 2 + 4
 
 
@@ -290,7 +291,7 @@ async def test_light_load_fetches_directly(
 ) -> None:
     fresh_server.clear_requests()
     for _ in range(3):
-        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)
     assert fresh_server.count(r"/retrieve_future$") == 3
     assert fresh_server.count(r"/retrieve_futures$") == 0  # two round trips per sample
 
@@ -302,16 +303,16 @@ async def test_malformed_batch_poll_answers_are_polled_again_then_fail_the_waite
     # One answer we cannot use: the poll (safe to repeat) is sent again.
     fresh_server.faults.add(r"/retrieve_futures$", status=200, body={"completions": [7],
                                                                       "cursor": 1})
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)
     assert len(r.sequences) == 1
     # Answers that stay unusable fail the waiting samples, typed...
     rule = fresh_server.faults.add(r"/retrieve_futures$", status=200, count=None,
                                    body={"completions": [7], "cursor": 1})
     with pytest.raises(tinker.APIResponseValidationError, match="retrieve_futures"):
-        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)
     # ...but not the sampler: once the server answers well again, sampling goes on.
     fresh_server.faults.remove(rule)
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 10)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)
     assert len(r.sequences) == 1
 
 
@@ -320,10 +321,10 @@ async def test_batch_poll_outlives_a_server_outage(
 ) -> None:
     sc = await tuned(**SHORT_OUTAGE_WAITS)
     fresh_server.faults.add(r"/retrieve_futures$", status=503, count=6)
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)
     assert len(r.sequences) == 1
     assert fresh_server.count(r"/retrieve_futures$") >= 7
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # still usable
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)  # still usable
     assert len(r.sequences) == 1
 
 
@@ -335,9 +336,9 @@ async def test_a_long_outage_fails_the_waiting_samples_instead_of_hanging(
     rule = fresh_server.faults.add(r"/retrieve_futures$", status=503, count=None)
     with pytest.raises(tinker.APITimeoutError, match=r"(?i)no answer from the "
                        r"server .*progress_timeout"):
-        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)
     fresh_server.faults.remove(rule)
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)  # the server is back
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 60)  # the server is back
     assert len(r.sequences) == 1
 
 
@@ -371,7 +372,7 @@ def test_sync_forms_from_many_threads(zero_servers: dict[bool, LocalServer],
                                       api_key_module: str, batch_poll: bool) -> None:
     srv = zero_servers[batch_poll]
     with tinker.ServiceClient(base_url=srv.url, api_key=api_key_module) as svc:
-        sc = svc.create_sampling_client(base_model=MODEL).result(30)
+        sc = svc.create_sampling_client(base_model=MODEL).result(60)
         p = tinker.ModelInput.from_ints([72, 105, 32])
         srv.clear_requests()
 
@@ -388,27 +389,34 @@ def test_sync_forms_from_many_threads(zero_servers: dict[bool, LocalServer],
 async def test_timeout_and_cancel_of_a_sample(sc: tinker.SamplingClient,
                                               prompt: tinker.ModelInput,
                                               fresh_server: LocalServer) -> None:
-    fresh_server.faults.add(r"/retrieve_futures?$", delay_s=1.0, count=None)
+    # Every poll stalls (unanswered until the test ends), so each sample is certainly still
+    # running when its timeout or cancel comes; each is given up only once its poll has
+    # arrived, so the client knows its request id and can tell the server.
+    polls = fresh_server.faults.add(r"/retrieve_futures?$", stall=True, count=None)
+
+    async def polled(n: int) -> None:
+        await wait_until_async(lambda: polls.hits >= n, f"poll {n} to reach the server")
+
     fut = sc.sample(prompt, 1, GREEDY)
+    await polled(1)
     with pytest.raises(TimeoutError):
         await fut.result_async(timeout=0.2)
-    await asyncio.sleep(0)  # the outcome reaches the future's concurrent half
+    await wait_until_async(fut.done, "the timeout to reach the future's concurrent half")
     assert fut.cancelled()
+    task = asyncio.ensure_future(sc.sample_async(prompt, 1, GREEDY))
+    await polled(2)
     with pytest.raises(asyncio.TimeoutError):  # not the builtin one before Python 3.11
-        await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 0.2)
+        await asyncio.wait_for(task, 0.2)
     other = sc.sample(prompt, 1, GREEDY)
-    await asyncio.sleep(0.1)
+    await polled(3)
     assert other.cancel() and other.cancelled()
     with pytest.raises((asyncio.CancelledError, concurrent.futures.CancelledError)):
-        other.result(1)
+        other.result(HANG_GUARD_S)
     # The server is told (it offers cancel_future).
-    for _ in range(50):
-        if fresh_server.count(r"/cancel_future$") >= 3:
-            break
-        await asyncio.sleep(0.05)
-    assert fresh_server.count(r"/cancel_future$") >= 3
+    await wait_until_async(lambda: fresh_server.count(r"/cancel_future$") >= 3,
+                           "three cancel_future requests")
     fresh_server.faults.clear()
-    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), 20)
+    r = await asyncio.wait_for(sc.sample_async(prompt, 1, GREEDY), HANG_GUARD_S)
     assert len(r.sequences) == 1
 
 
@@ -420,7 +428,7 @@ import base64, pickle, asyncio
 import tinker_async as tinker
 sc = pickle.loads(base64.b64decode({blob!r}))
 p = tinker.ModelInput.from_ints([72, 105, 32])
-r = sc.sample(p, 2, tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(30)
+r = sc.sample(p, 2, tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(60)
 r2 = asyncio.run(sc.sample_async(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)))
 print("TOKENS", r.sequences[0].tokens, r2.sequences[0].tokens)
 """
@@ -430,9 +438,9 @@ def test_pickled_sampling_client_in_another_process(
     fresh_server: LocalServer, api_key: str, run_script: Callable[..., str]
 ) -> None:
     with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
-        sc = svc.create_sampling_client(base_model=MODEL).result(30)
+        sc = svc.create_sampling_client(base_model=MODEL).result(60)
         p = tinker.ModelInput.from_ints([72, 105, 32])
-        here = sc.sample(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(30)
+        here = sc.sample(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(60)
         blob = pickle.dumps(sc)
         assert api_key.encode() not in blob
         copy = pickle.loads(blob)
@@ -448,7 +456,7 @@ def test_pickled_sampling_client_in_another_process(
         child = seqs[1:]
         assert len(child) == 2 and child[0] >= 1_000_000_000 and child[1] == child[0] + 1
         # The parent's own client goes on with its own counter.
-        sc.sample(p, 1, tinker.SamplingParams(max_tokens=2)).result(30)
+        sc.sample(p, 1, tinker.SamplingParams(max_tokens=2)).result(60)
         assert asample_bodies(fresh_server)[-1]["seq_id"] == 1
 
 
@@ -456,31 +464,31 @@ FORK_SCRIPT = """
 import asyncio, os, sys
 import tinker_async as tinker
 svc = tinker.ServiceClient(base_url={url!r})
-sc = svc.create_sampling_client(base_model="local/byte-lm").result(30)
+sc = svc.create_sampling_client(base_model="local/byte-lm").result(60)
 p = tinker.ModelInput.from_ints([72, 105, 32])
 params = tinker.SamplingParams(max_tokens=3, temperature=0.0)
-first = sc.sample(p, 1, params).result(30).sequences[0].tokens
+first = sc.sample(p, 1, params).result(60).sequences[0].tokens
 pid = os.fork()
 if pid == 0:
     try:
-        a = sc.sample(p, 1, params).result(30).sequences[0].tokens
+        a = sc.sample(p, 1, params).result(60).sequences[0].tokens
         b = asyncio.run(sc.sample_async(p, 1, params)).sequences[0].tokens
         ok = a == first and b == first
     except BaseException as exc:
         print("CHILD FAILED", repr(exc), flush=True)
         ok = False
     os._exit(0 if ok else 1)
-again = sc.sample(p, 1, params).result(30).sequences[0].tokens
+again = sc.sample(p, 1, params).result(60).sequences[0].tokens
 _, status = os.waitpid(pid, 0)
 print("CHILD", os.waitstatus_to_exitcode(status), "PARENT", again == first, flush=True)
 # A child that exits normally (at-exit handlers run) must not end the parent's session.
 pid = os.fork()
 if pid == 0:
-    sc.sample(p, 1, params).result(30)
+    sc.sample(p, 1, params).result(60)
     sys.exit(0)
 os.waitpid(pid, 0)
-print("AFTER", sc.sample(p, 1, params).result(30).sequences[0].tokens == first, flush=True)
-svc.close().result(10)
+print("AFTER", sc.sample(p, 1, params).result(60).sequences[0].tokens == first, flush=True)
+svc.close().result(60)
 """
 
 
@@ -505,7 +513,7 @@ HANDLE_CHILD = """
 import tinker_async as tinker
 sc = tinker.SamplingClient.from_sampler_handle({handle!r})
 r = sc.sample(tinker.ModelInput.from_ints([72, 105, 32]), 1,
-              tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(30)
+              tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(60)
 print("TOKENS", r.sequences[0].tokens)
 """
 
@@ -514,9 +522,9 @@ def test_sampler_handle_makes_copies_in_other_processes(
     fresh_server: LocalServer, api_key: str, run_script: Callable[..., str]
 ) -> None:
     with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
-        sc = svc.create_sampling_client(base_model=MODEL).result(30)
+        sc = svc.create_sampling_client(base_model=MODEL).result(60)
         p = tinker.ModelInput.from_ints([72, 105, 32])
-        here = sc.sample(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(30)
+        here = sc.sample(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)).result(60)
         handle = sc.get_sampler_handle()
         assert api_key not in base64.urlsafe_b64decode(handle).decode()
         sessions = fresh_server.count(r"/create_session$")
@@ -526,7 +534,7 @@ def test_sampler_handle_makes_copies_in_other_processes(
         # In this process too, with an explicit key; every copy has its own seq block.
         copy = tinker.SamplingClient.from_sampler_handle(handle, api_key=api_key)
         assert copy.sample(p, 1, tinker.SamplingParams(max_tokens=4, temperature=0.0)
-                           ).result(30).sequences[0].tokens == here.sequences[0].tokens
+                           ).result(60).sequences[0].tokens == here.sequences[0].tokens
         assert fresh_server.count(r"/create_session$") == sessions  # joined, never new
         blocks = [b["seq_id"] // 1_000_000_000 for b in asample_bodies(fresh_server)]
         assert blocks[0] == 0 and len(set(blocks[1:])) == 3 and 0 not in blocks[1:]
@@ -537,20 +545,20 @@ def test_sampler_handles_pass_between_the_two_libraries(
 ) -> None:
     official = pytest.importorskip("tinker")
     with tinker.ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
-        ours = svc.create_sampling_client(base_model=MODEL).result(30)
+        ours = svc.create_sampling_client(base_model=MODEL).result(60)
         p = tinker.ModelInput.from_ints([72, 105, 32])
         want = ours.sample(p, 1, tinker.SamplingParams(max_tokens=3, temperature=0.0)
-                           ).result(30).sequences[0].tokens
+                           ).result(60).sequences[0].tokens
         theirs = official.SamplingClient.from_sampler_handle(ours.get_sampler_handle(),
                                                              api_key=api_key)
         got = theirs.sample(official.ModelInput.from_ints([72, 105, 32]), 1,
-                            official.SamplingParams(max_tokens=3, temperature=0.0)).result(30)
+                            official.SamplingParams(max_tokens=3, temperature=0.0)).result(60)
         assert got.sequences[0].tokens == want
         back = tinker.SamplingClient.from_sampler_handle(theirs.get_sampler_handle(),
                                                          api_key=api_key)
         assert back.sampling_session_id == ours.sampling_session_id
         assert back.sample(p, 1, tinker.SamplingParams(max_tokens=3, temperature=0.0)
-                           ).result(30).sequences[0].tokens == want
+                           ).result(60).sequences[0].tokens == want
 
 
 def test_a_bad_sampler_handle_is_a_clear_error() -> None:
@@ -565,16 +573,16 @@ def test_copies_take_their_clone_number_from_a_server_that_hands_them_out(
     with LocalServer(api_key=api_key, zero_compute=True,
                      client_config={"sample_join_sampling_session": True}).in_thread() as srv:
         with tinker.ServiceClient(base_url=srv.url, api_key=api_key) as svc:
-            sc = svc.create_sampling_client(base_model=MODEL).result(30)
+            sc = svc.create_sampling_client(base_model=MODEL).result(60)
             handle = sc.get_sampler_handle()
             p = tinker.ModelInput.from_ints([72, 105])
             params = tinker.SamplingParams(max_tokens=2)
             copies = [pickle.loads(pickle.dumps(sc)),
                       tinker.SamplingClient.from_sampler_handle(handle, api_key=api_key)]
             for copy in copies:
-                copy.sample(p, 1, params).result(30)
-                copy.sample(p, 1, params).result(30)
-            sc.sample(p, 1, params).result(30)
+                copy.sample(p, 1, params).result(60)
+                copy.sample(p, 1, params).result(60)
+            sc.sample(p, 1, params).result(60)
         joins = [r for r in srv.requests if r.path.endswith("/join_sampling_session")]
         assert len(joins) == 2  # once per copy, not per sample
         seqs = [b["seq_id"] for b in asample_bodies(srv)]

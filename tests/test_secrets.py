@@ -28,7 +28,7 @@ def test_key_absent_from_logs_errors_and_pickles(
     client = RestClient(base_url=fresh_server.url, api_key=SECRET,
                         retry=RetryPolicy(max_retries=3, base_delay=0.01))
     with pytest.raises(APIError) as info:
-        client.list_training_runs().result(10)
+        client.list_training_runs().result(60)
     err = info.value
     assert "***" in str(err)
     for text in (str(err), repr(err), repr(err.body), caplog.text, repr(client)):
@@ -43,10 +43,10 @@ def test_rejected_key_is_not_repeated_back(
     caplog.set_level(logging.DEBUG)
     client = ServiceClient(base_url=fresh_server.url, api_key=SECRET)
     with pytest.raises(AuthenticationError) as info:
-        client.connect().result(10)
+        client.connect().result(60)
     assert SECRET not in str(info.value) and SECRET not in caplog.text
     assert SECRET.encode() not in pickle.dumps(info.value)
-    client.close().result(10)
+    client.close().result(60)
 
 
 def _copies_and_blobs(sc: tinker.SamplingClient, key: str) -> list[bytes]:
@@ -79,9 +79,9 @@ def test_a_sampling_client_and_its_handle_never_carry_the_key(
         with ServiceClient(base_url=fresh_server.url,
                            api_key=api_key if given == "argument" else None,
                            default_headers_overrides={"X-Api-Key-Extra": api_key}) as svc:
-            sc = svc.create_sampling_client(base_model="local/byte-lm").result(30)
+            sc = svc.create_sampling_client(base_model="local/byte-lm").result(60)
             sc.sample(tinker.ModelInput.from_ints([72]), 1,
-                      tinker.SamplingParams(max_tokens=2)).result(30)
+                      tinker.SamplingParams(max_tokens=2)).result(60)
             for blob in _copies_and_blobs(sc, api_key):
                 assert api_key.encode() not in blob
     finally:
@@ -97,7 +97,7 @@ def test_credential_errors_never_repeat_the_key(
     assert bad not in str(info.value) and bad not in repr(info.value)
     # A copy without a key fails at its first call, and says how to give one.
     with ServiceClient(base_url=fresh_server.url, api_key=api_key) as svc:
-        sc = svc.create_sampling_client(base_model="local/byte-lm").result(30)
+        sc = svc.create_sampling_client(base_model="local/byte-lm").result(60)
         blob = base64.b64encode(pickle.dumps(sc)).decode()
         out = run_script(
             "import base64, pickle\n"
@@ -106,7 +106,7 @@ def test_credential_errors_never_repeat_the_key(
             "print('UNPICKLED', repr(sc))\n"
             "try:\n"
             "    sc.sample(tinker.ModelInput.from_ints([72]), 1,\n"
-            "              tinker.SamplingParams(max_tokens=2)).result(30)\n"
+            "              tinker.SamplingParams(max_tokens=2)).result(60)\n"
             "except tinker.ConfigurationError as exc:\n"
             "    print('ERROR', exc)\n")
     assert "UNPICKLED SamplingClient(" in out

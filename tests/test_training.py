@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _waiting import released_when, wait_until_async
 
 import tinker_async as tinker
 from tinker_async.local import LocalServer, _proto_server
@@ -98,7 +99,7 @@ def test_create_lora_training_client_plain_form(
 ) -> None:
     fut = sync_service.create_lora_training_client(MODEL, rank=2)
     assert isinstance(fut, tinker.APIFuture)
-    tc = fut.result(30)
+    tc = fut.result(60)
     assert isinstance(tc, tinker.TrainingClient) and tc.get_info().lora_rank == 2
     assert fresh_server.count("/create_model$") == 1
     assert fresh_server.count("/get_info$") == 1
@@ -199,7 +200,7 @@ async def test_a_big_batch_cancelled_while_encoding_gives_up_its_place(api_key: 
             with pytest.raises(asyncio.CancelledError):
                 await task
             # The next call is not stuck behind the abandoned place; nothing went out for it.
-            step = await asyncio.wait_for(await tc.optim_step_async(tinker.AdamParams()), 20)
+            step = await asyncio.wait_for(await tc.optim_step_async(tinker.AdamParams()), 60)
             assert isinstance(step, tinker.OptimStepResponse)
             assert [op for op, _, _ in wire_ops(srv, tc.model_id)] == ["optim_step"]
             # Not cancelled, the same batch goes through as usual.
@@ -299,14 +300,14 @@ async def test_concurrent_async_calls_are_submitted_in_call_order(
 
 
 def test_pipelined_plain_calls(sync_service: tinker.ServiceClient, fresh_server: LocalServer) -> None:
-    tc = sync_service.create_lora_training_client(MODEL, rank=4, seed=0).result(30)
+    tc = sync_service.create_lora_training_client(MODEL, rank=4, seed=0).result(60)
     tok = tc.get_tokenizer()
     batch = [make_datum(tok)]
     futs = []
     for _ in range(3):
         futs.append(tc.forward_backward(batch, "cross_entropy"))
         futs.append(tc.optim_step(tinker.AdamParams(learning_rate=1e-2)))
-    results = [f.result(30) for f in futs]
+    results = [f.result(60) for f in futs]
     losses = [r.metrics["loss:sum"] for r in results[::2]]
     assert losses[0] > losses[1] > losses[2]
     assert accepted_seqs(fresh_server, tc.model_id) == [1, 2, 3, 4, 5, 6]
@@ -431,8 +432,8 @@ async def test_validation_errors_are_raised_before_sending_and_take_no_seq_id(
     with pytest.raises(tinker.InvalidRequestError):
         await tc.save_state_async("a/b")
     assert len(fresh_server.requests) == before  # nothing went out
-    await asyncio.wait_for((await tc.optim_step_async()).result_async(), 20)
-    await asyncio.wait_for((await tc.forward_async(good, "cross_entropy")).result_async(), 20)
+    await asyncio.wait_for((await tc.optim_step_async()).result_async(), 60)
+    await asyncio.wait_for((await tc.forward_async(good, "cross_entropy")).result_async(), 60)
     assert accepted_seqs(fresh_server, tc.model_id) == [1, 2, 3]
 
 
@@ -448,12 +449,12 @@ async def test_rejected_submit_leaves_no_seq_gap(
     assert info.value.status_code == 400
     # The next op takes the seq id the rejected one had, and goes through promptly.
     opt = await tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2))
-    await asyncio.wait_for(opt.result_async(), 20)
+    await asyncio.wait_for(opt.result_async(), 60)
     fresh_server.faults.add(r"/optim_step$", status=400, count=1)
     with pytest.raises(tinker.BadRequestError):
         await tc.optim_step(tinker.AdamParams(learning_rate=1e-2))  # plain form
     fb = tc.forward_backward(batch, "cross_entropy")
-    await asyncio.wait_for(fb.result_async(), 20)
+    await asyncio.wait_for(fb.result_async(), 60)
     ops = wire_ops(fresh_server, tc.model_id)
     assert [(e, s, st) for e, s, st in ops] == [
         ("forward_backward", 1, 200), ("forward_backward", 2, 400), ("optim_step", 2, 200),
@@ -483,18 +484,18 @@ def test_training_client_refuses_use_in_a_forked_child(
     out = run_script(f"""
 import os, tinker_async as tinker
 svc = tinker.ServiceClient(base_url={server.url!r}, api_key={api_key!r})
-tc = svc.create_lora_training_client({MODEL!r}, rank=2).result(30)
+tc = svc.create_lora_training_client({MODEL!r}, rank=2).result(60)
 pid = os.fork()
 if pid == 0:
     try:
-        tc.optim_step(tinker.AdamParams(learning_rate=1e-3)).result(30)
+        tc.optim_step(tinker.AdamParams(learning_rate=1e-3)).result(60)
         print("child trained", flush=True)
     except tinker.TinkerError as exc:
         print("child refused:", exc, flush=True)
     os._exit(0)
 os.waitpid(pid, 0)
-print("parent trains", tc.optim_step(tinker.AdamParams(learning_rate=1e-3)).result(30).metrics is not None)
-svc.close().result(10)
+print("parent trains", tc.optim_step(tinker.AdamParams(learning_rate=1e-3)).result(60).metrics is not None)
+svc.close().result(60)
 """)
     assert "child refused: A TrainingClient cannot be used in a forked child" in out
     assert "parent trains True" in out
@@ -505,15 +506,19 @@ async def test_a_call_cancelled_while_waiting_its_turn_does_not_block_later_call
 ) -> None:
     tok = tc.get_tokenizer()
     batch = [make_datum(tok)]
-    fresh_server.faults.add(r"/optim_step$", delay_s=0.5, count=1)
+    # The optim_step's submit is held on the server (then dropped, and sent again) until
+    # the call behind it has been cancelled, so that call certainly waits its turn.
+    held = fresh_server.faults.add(r"/optim_step$", stall=True, count=1)
     slow = asyncio.ensure_future(tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2)))
-    await asyncio.sleep(0.05)
+    await wait_until_async(lambda: held.hits == 1, "the optim_step to be on the wire")
     waiting = asyncio.ensure_future(tc.forward_backward_async(batch, "cross_entropy"))
     later = asyncio.ensure_future(tc.forward_async(batch, "cross_entropy"))
-    await asyncio.sleep(0.05)
+    # Read-only look at the client's line: both calls wait for the optim_step.
+    await wait_until_async(lambda: len(tc._seq._waiters) == 2, "two calls waiting their turn")
     waiting.cancel()
-    await asyncio.wait_for((await slow).result_async(), 20)
-    out = await asyncio.wait_for((await asyncio.wait_for(later, 20)).result_async(), 20)
+    with released_when(fresh_server, lambda: True):
+        await asyncio.wait_for((await slow).result_async(), 60)
+        out = await asyncio.wait_for((await asyncio.wait_for(later, 60)).result_async(), 60)
     assert out.metrics["loss:sum"] > 0
     assert waiting.cancelled()
     assert accepted_seqs(fresh_server, tc.model_id) == [1, 2]
@@ -524,13 +529,19 @@ async def test_a_call_cancelled_while_its_request_is_on_the_wire_still_takes_its
 ) -> None:
     tok = tc.get_tokenizer()
     batch = [make_datum(tok)]
-    fresh_server.faults.add(r"/forward_backward$", delay_s=0.4, count=1)
+    # The submit is held on the server until the caller has given up on it; released (it
+    # is dropped), the client sends it again with the same seq id.
+    held = fresh_server.faults.add(r"/forward_backward$", stall=True, count=1)
+    call = asyncio.ensure_future(tc.forward_backward_async(batch, "cross_entropy"))
+    await wait_until_async(lambda: held.hits == 1, "the forward_backward to be on the wire")
     with pytest.raises(asyncio.TimeoutError):  # not the builtin one before Python 3.11
-        await asyncio.wait_for(tc.forward_backward_async(batch, "cross_entropy"), 0.1)
+        await asyncio.wait_for(call, 0.1)
     # The submit went through regardless, so the next call gets the next seq id and its
     # own result (not the forward_backward's future under a reused seq id).
-    opt = await asyncio.wait_for(tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2)), 20)
-    assert isinstance(await asyncio.wait_for(opt.result_async(), 20), tinker.OptimStepResponse)
+    with released_when(fresh_server, lambda: True):
+        opt = await asyncio.wait_for(
+            tc.optim_step_async(tinker.AdamParams(learning_rate=1e-2)), 60)
+    assert isinstance(await asyncio.wait_for(opt.result_async(), 60), tinker.OptimStepResponse)
     assert [(e, s) for e, s, st in wire_ops(fresh_server, tc.model_id) if st == 200] == [
         ("forward_backward", 1), ("optim_step", 2)]
 
@@ -538,13 +549,16 @@ async def test_a_call_cancelled_while_its_request_is_on_the_wire_still_takes_its
 async def test_result_async_timeout_on_a_training_future(tc: tinker.TrainingClient,
                                                          fresh_server: LocalServer) -> None:
     tok = tc.get_tokenizer()
-    fresh_server.faults.add(r"/retrieve_future$", delay_s=1.0, count=1)
+    # The result poll is held until the timeout has fired (then dropped and polled again).
+    held = fresh_server.faults.add(r"/retrieve_futures?$", stall=True, count=1)
     fut = await tc.forward_async([make_datum(tok)], "cross_entropy")
     with pytest.raises(TimeoutError):
         await fut.result_async(timeout=0.1)
     # The client goes on: the next op is submitted and answered.
-    out = await asyncio.wait_for((await tc.forward_async([make_datum(tok)], "cross_entropy"))
-                                 .result_async(), 20)
+    with released_when(fresh_server, lambda: True):
+        out = await asyncio.wait_for(
+            (await tc.forward_async([make_datum(tok)], "cross_entropy")).result_async(), 60)
+    assert held.hits == 1
     assert out.metrics["loss:sum"] > 0
 
 
@@ -627,14 +641,14 @@ async def test_create_training_client_from_state_via_load(
 def test_create_training_client_from_state_plain_form(
     sync_service: tinker.ServiceClient, fresh_server: LocalServer
 ) -> None:
-    tc = sync_service.create_lora_training_client(MODEL, rank=3).result(30)
-    path = tc.save_state("plain").result(30).path
-    clone = sync_service.create_training_client_from_state(path).result(30)
-    also = sync_service.create_training_client_from_state_with_optimizer(path).result(30)
+    tc = sync_service.create_lora_training_client(MODEL, rank=3).result(60)
+    path = tc.save_state("plain").result(60).path
+    clone = sync_service.create_training_client_from_state(path).result(60)
+    also = sync_service.create_training_client_from_state_with_optimizer(path).result(60)
     assert clone.get_info().lora_rank == also.get_info().lora_rank == 3
     batch = [make_datum(tc.get_tokenizer())]
-    a = tc.forward(batch, "cross_entropy").result(30).metrics["loss:sum"]
-    b = clone.forward(batch, "cross_entropy").result(30).metrics["loss:sum"]
+    a = tc.forward(batch, "cross_entropy").result(60).metrics["loss:sum"]
+    b = clone.forward(batch, "cross_entropy").result(60).metrics["loss:sum"]
     assert a == pytest.approx(b)
 
 
@@ -754,8 +768,8 @@ async def test_forward_backward_custom_errors_leave_the_client_usable(
     fresh_server.faults.add(r"/forward_backward$", status=400, count=1)
     with pytest.raises(tinker.BadRequestError):
         await tc.forward_backward_custom_async(batch, broken)
-    opt = await asyncio.wait_for(tc.optim_step_async(), 20)
-    await asyncio.wait_for(opt.result_async(), 20)
+    opt = await asyncio.wait_for(tc.optim_step_async(), 60)
+    await asyncio.wait_for(opt.result_async(), 60)
     # Each failed custom call sent its forward (seq 1-4); the backward was never sent.
     assert accepted_seqs(fresh_server, tc.model_id) == [1, 2, 3, 4, 5]
 

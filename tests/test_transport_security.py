@@ -54,7 +54,7 @@ async def test_an_unknown_certificate_is_refused_by_default(
     url, _ = https_server
     rest = tinker.RestClient(base_url=url, api_key="tml-test", max_retries=0)
     with pytest.raises(tinker.APIConnectionError, match=r"(?i)certificate"):
-        await asyncio.wait_for(rest.get_server_capabilities_async(), 30)
+        await asyncio.wait_for(rest.get_server_capabilities_async(), 60)
     await rest.close_async()
 
 
@@ -68,7 +68,7 @@ async def test_a_ca_bundle_makes_the_server_trusted(
         rest = tinker.RestClient(base_url=url, api_key="tml-test")
     else:
         rest = tinker.RestClient(base_url=url, api_key="tml-test", ca_bundle=str(ca_file))
-    caps = await asyncio.wait_for(rest.get_server_capabilities_async(), 30)
+    caps = await asyncio.wait_for(rest.get_server_capabilities_async(), 60)
     assert [m.model_name for m in caps.supported_models] == ["tls/model"]
     await rest.close_async()
 
@@ -76,7 +76,7 @@ async def test_a_ca_bundle_makes_the_server_trusted(
 async def test_verification_can_be_turned_off(https_server: tuple[str, Path]) -> None:
     url, _ = https_server
     rest = tinker.RestClient(base_url=url, api_key="tml-test", verify_tls=False)
-    caps = await asyncio.wait_for(rest.get_server_capabilities_async(), 30)
+    caps = await asyncio.wait_for(rest.get_server_capabilities_async(), 60)
     assert [m.model_name for m in caps.supported_models] == ["tls/model"]
     await rest.close_async()
 
@@ -115,6 +115,6 @@ async def test_an_answer_over_the_size_limit_is_refused_once(
     rest = tinker.RestClient(base_url=fresh_server.url, api_key=fresh_server.api_key,
                              max_response_bytes=8)
     with pytest.raises(tinker.APIResponseValidationError, match="max_response_bytes"):
-        await asyncio.wait_for(rest.list_training_runs_async(), 30)
+        await asyncio.wait_for(rest.list_training_runs_async(), 60)
     assert fresh_server.count(r"/training_runs$") == 1  # refused, not retried
     await rest.close_async()

@@ -20,7 +20,7 @@ def _run_with_checkpoints(server: LocalServer, api_key: str) -> str:
     training = service.create_lora_training_client(MODEL, rank=2).result(60)
     training.save_state("first").result(60)
     training.save_state("second").result(60)
-    service.close().result(30)
+    service.close().result(60)
     return training.model_id
 
 

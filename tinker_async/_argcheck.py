@@ -39,10 +39,11 @@ def _is_real(value: Any) -> bool:
 
 def _describe(annotation: Any) -> str:
     """What an annotation asks for, in words: ``one of 'a', 'b'``, ``a list of Datum``."""
-    if isinstance(annotation, type):
-        return annotation.__name__
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    # (On 3.10 a generic alias such as Sequence[Datum] also passes isinstance(_, type).)
+    if origin is None and isinstance(annotation, type):
+        return annotation.__name__
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is typing.Union or origin is types.UnionType:
@@ -86,6 +87,12 @@ def _check_for(annotation: Any) -> Check | None:
         return lambda v: isinstance(v, (list, tuple)) and all(item(x) for x in v)
     if origin in (dict, collections.abc.Mapping):
         return lambda v: isinstance(v, Mapping)
+    if origin is not None:
+        # Another generic class (os.PathLike[str]...): its class alone. On 3.10 the alias
+        # also passes isinstance(annotation, type), but isinstance() refuses it.
+        if isinstance(origin, type) and not getattr(origin, "_is_protocol", False):
+            return lambda v: isinstance(v, origin)
+        return None
     if isinstance(annotation, type) and not getattr(annotation, "_is_protocol", False):
         return lambda v: isinstance(v, annotation)
     return None
