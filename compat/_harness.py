@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +59,26 @@ def run_child(flavor: str, name: str, workdir: Path, args: dict[str, Any],
     Raises ``ChildFailed`` (with the output) when it exits non-zero or prints no result,
     ``subprocess.TimeoutExpired`` when it runs past ``timeout`` (a hang guard).
     """
-    proc = subprocess.run(
-        [sys.executable, "-m", "compat._child", flavor, name, str(workdir), json.dumps(args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    command = [sys.executable, "-m", "compat._child", flavor, name, str(workdir),
+               json.dumps(args)]
+    before = Path(tempfile.mkdtemp(prefix="compat-workdir-"))
+    if workdir.exists():  # what the run starts from, for a second run (below)
+        shutil.copytree(workdir, before, dirs_exist_ok=True)
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode < 0 and flavor == "official":
+        # The reference column only: the official SDK's process has, rarely, died by a
+        # signal (SIGABRT with no message, once in many CI runs, in the scenario whose
+        # training loop raises a simulated crash; not reproduced in a loop). One more run,
+        # from the same starting files, tells a crash of that process from a failing
+        # scenario. Our own flavor gets no second chance.
+        first = proc.returncode
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.copytree(before, workdir, dirs_exist_ok=True)
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        proc.stderr += f"\n(compat harness: the first run died by signal {-first}; run again)\n"
+    shutil.rmtree(before, ignore_errors=True)
     output = proc.stdout + proc.stderr
     if log_file is not None:
         log_file.write_text(output)
