@@ -61,12 +61,14 @@ def run_child(flavor: str, name: str, workdir: Path, args: dict[str, Any],
     """
     command = [sys.executable, "-m", "compat._child", flavor, name, str(workdir),
                json.dumps(args)]
-    before = Path(tempfile.mkdtemp(prefix="compat-workdir-"))
-    if workdir.exists():  # what the run starts from, for a second run (below)
-        shutil.copytree(workdir, before, dirs_exist_ok=True)
+    before: Path | None = None
+    if flavor == "official":  # what the run starts from, for a second run (below)
+        before = Path(tempfile.mkdtemp(prefix="compat-workdir-"))
+        if workdir.exists():
+            shutil.copytree(workdir, before, dirs_exist_ok=True)
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    if proc.returncode < 0 and flavor == "official":
+    if proc.returncode < 0 and before is not None:
         # The reference column only: the official SDK's process has, rarely, died by a
         # signal (SIGABRT with no message, once in many CI runs, in the scenario whose
         # training loop raises a simulated crash; not reproduced in a loop). One more run,
@@ -78,7 +80,8 @@ def run_child(flavor: str, name: str, workdir: Path, args: dict[str, Any],
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)
         proc.stderr += f"\n(compat harness: the first run died by signal {-first}; run again)\n"
-    shutil.rmtree(before, ignore_errors=True)
+    if before is not None:
+        shutil.rmtree(before, ignore_errors=True)
     output = proc.stdout + proc.stderr
     if log_file is not None:
         log_file.write_text(output)

@@ -675,7 +675,7 @@ def test_official_service_client_session_and_sampler(srv: LocalServer) -> None:
     assert sampler_ids == [f"{session_id}:sample:0"]
     assert rest.get_sampler(sampler_ids[0]).result(60).base_model == MODEL
 
-    close_official(service, srv)
+    close_official(service, srv, session_id)
     assert srv.count(rf"/sessions/{session_id}/finish$", "POST") == 1
     assert srv.state.get_session(session_id).finish_reason == "success"
     paths = [r.path for r in srv.requests]
