@@ -888,7 +888,10 @@ def equal_pair(spec: Any) -> Callable[[World], Any]:
 
 def hash_pair(spec: Any) -> Callable[[World], Any]:
     def probe(world: World) -> bool:
-        return hash(materialize(spec, world)) == hash(materialize(spec, world))
+        # Both alive at once: a type hashed by identity must not pass because the
+        # second instance happened to reuse the first one's freed memory (and id).
+        first, second = materialize(spec, world), materialize(spec, world)
+        return hash(first) == hash(second)
 
     return probe
 
