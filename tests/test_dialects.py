@@ -246,3 +246,17 @@ async def test_tinkercloud_create_sampling_client_route(srv: LocalServer,
             if r.path.endswith(("/create_sampling_session", "/create_sampling_client"))]
     assert made[-3:] == ["create_sampling_session", "create_sampling_client",
                          "create_sampling_client"]  # learned once
+
+
+@pytest.mark.parametrize("served", ["tinkercloud"], indirect=True)
+async def test_tinkercloud_capabilities_read_without_naming_the_dialect(
+    srv: LocalServer, dialect: ServerDialect
+) -> None:
+    # tinkercloud lists plain model names; a client not told the dialect (as code written
+    # for the official SDK is not) still reads them, on both clients.
+    async with tinker.ServiceClient(base_url=srv.url, api_key=KEY) as svc:
+        caps = await svc.get_server_capabilities_async()
+        assert [m.model_name for m in caps.supported_models] == [MODEL]
+        rest = svc.create_rest_client()
+        caps = await rest.get_server_capabilities_async()
+        assert [m.model_name for m in caps.supported_models] == [MODEL]

@@ -47,6 +47,7 @@ from .errors import (
     status_error_class,
 )
 from .types import _wire
+from .types._codec import decode_json_lenient
 
 __all__ = ["Response", "Transport", "UnreadableAnswer", "new_idempotency_key", "status_error"]
 
@@ -194,7 +195,9 @@ class Response:
 
     def decode(self, type_: type[T]) -> T:
         try:
-            return _decoder(type_).decode(self.body)  # type: ignore[no-any-return]
+            # Strict first; on a mismatch, once more on the known repairs of other
+            # servers' shapes (tinkercloud's plain model names, untagged chunks).
+            return decode_json_lenient(self.body, type_, _decoder(type_))
         except msgspec.ValidationError as exc:
             raise APIResponseValidationError(
                 f"The server's answer does not match {getattr(type_, '__name__', type_)}: {exc}",
