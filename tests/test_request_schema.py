@@ -97,6 +97,10 @@ NOT_OFFICIAL: dict[str, str] = {
     "TwinkleCreateSessionRequest": "Twinkle's create_session body ({'metadata': ...})",
     "TinkercloudSampleRequest": "tinkercloud's sample body: a SampleRequest that also names "
     "the sampler model_id and prompt logprobs include_prompt_logprobs",
+    "WeightsInfoRequest": "weights_info (SDK: a bare dict)",
+    "TwinkleWeightsInfoRequest": "Twinkle's weights_info body ({'twinkle_path': ...})",
+    "SetCheckpointTTLRequest": "checkpoints/.../ttl (SDK: a bare dict)",
+    "SetSessionProjectRequest": "sessions/{id}/project (SDK: a bare dict)",
 }
 
 

@@ -145,6 +145,39 @@ class CopyWeightsRequest(Model, kw_only=True, frozen=True):
     weights_access_token: str | None = None
 
 
+class WeightsInfoRequest(Model, kw_only=True, frozen=True):
+    """``POST weights_info``: what is needed to load the checkpoint at ``tinker_path``.
+
+    The official SDK posts this as a bare dict; it is a Struct here so that the client
+    and the embedded server share one schema.
+    """
+
+    tinker_path: str
+
+
+class TwinkleWeightsInfoRequest(Model, kw_only=True, frozen=True):
+    """Twinkle's ``weights_info`` body: the same question, with the path as
+    ``twinkle_path``."""
+
+    twinkle_path: str
+
+
+class SetCheckpointTTLRequest(Model, kw_only=True, frozen=True):
+    """``PUT .../checkpoints/{kind}/{name}/ttl``: the new time to live in seconds.
+
+    ``ttl_seconds`` has no default, so ``None`` (keep for ever) is sent as ``null``,
+    as the official SDK sends it.
+    """
+
+    ttl_seconds: int | None
+
+
+class SetSessionProjectRequest(Model, kw_only=True, frozen=True):
+    """``PUT sessions/{id}/project``: move a session (and its runs) to a project."""
+
+    project_id: str
+
+
 class CopyWeightsResponse(Model, kw_only=True, frozen=True):
     """The path of the copy."""
 
