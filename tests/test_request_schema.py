@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,16 +148,6 @@ def test_requests_without_an_official_model_are_structs(name: str) -> None:
 _ROUTES = Path(__file__).parent.parent / "tinker_async" / "local"
 
 
-@pytest.mark.parametrize("module", ["_session_routes.py", "_training_routes.py",
-                                    "_sampling_routes.py", "_future_routes.py",
-                                    "_tinkercloud_routes.py"])
-def test_api_routes_decode_with_the_structs(module: str) -> None:
-    source = (_ROUTES / module).read_text()
-    uses_fields = "Fields(" in source
-    # tinkercloud's GET get_tokenizer reads a query string (no body, no Struct).
-    assert not uses_fields or source.count("Fields(") == source.count('Fields(request.query')
-
-
 def test_decode_gives_the_struct_and_every_wrong_field() -> None:
     ok = decode_request(b'{"session_id": "s", "sampling_session_seq_id": 3}',
                         T.CreateSamplingSessionRequest, strict=False)
@@ -251,7 +242,7 @@ def test_request_bodies_leave_default_features_out() -> None:
     session = T.CreateSessionRequest(tags=[], user_metadata={}, sdk_version="0.38.0")
     assert _json(_requests.create_session_body(session, official)) == {
         "type": "create_session", "tags": [], "user_metadata": {}, "sdk_version": "0.38.0"}
-    assert _requests.create_session_body(session, make_dialect("twinkle")) == {"metadata": {}}
+    assert _json(_requests.create_session_body(session, make_dialect("twinkle"))) == {"metadata": {}}
 
 
 def test_forward_backward_json_bodies_match_each_dialect() -> None:
@@ -275,3 +266,198 @@ def test_forward_backward_json_bodies_match_each_dialect() -> None:
         _requests.forward_backward_json_body(fb, official, "forward_backward")),
         ForwardBackwardRequestWire, strict=True)
     assert decoded.to_request().forward_backward_input.data[0].model_input.to_ints() == [1, 2]
+
+
+# ------------------------------------ REST bodies and query strings (no hand parsing)
+
+_CKPT = "/api/v1/training_runs/s:train:0/checkpoints/weights/w"
+_PATH = "tinker://s:train:0/weights/w"
+_LOSS = {"session_id": "s", "custom_loss_seq_id": 0, "name": "x",
+         "inputs": [{"name": "logprobs", "rank": 1}], "graph": {"nodes": []}}
+
+#: route -> (method, path, a valid body, a wrong-typed field, its wrong value, error type)
+_BODY_ROUTES: dict[str, tuple[str, str, dict[str, Any], str, Any, str]] = {
+    "checkpoint_ttl": ("PUT", _CKPT + "/ttl", {"ttl_seconds": None},
+                       "ttl_seconds", "soon", "int_type"),
+    "weights_info": ("POST", "/api/v1/weights_info", {"tinker_path": _PATH},
+                     "tinker_path", 5, "string_type"),
+    "twinkle_weights_info": ("POST", "/api/v1/weights_info",
+                             {"twinkle_path": "twinkle://s:train:0/weights/w"},
+                             "twinkle_path", [], "string_type"),
+    "copy_weights": ("POST", "/api/v1/copy_weights",
+                     {"source_path": _PATH, "destination_project_id": "p"},
+                     "model_seq_id", "one", "int_type"),
+    "session_project": ("PUT", "/api/v1/sessions/nope/project", {"project_id": "p"},
+                        "project_id", 7, "string_type"),
+    "sessions_search": ("POST", "/api/v1/sessions/search", {"limit": 5},
+                        "limit", "ten", "int_type"),
+    "create_custom_loss": ("POST", "/api/v1/create_custom_loss", _LOSS,
+                           "custom_loss_seq_id", "first", "int_type"),
+}
+
+
+def _call(url: str, method: str, path: str, body: Any = None,
+          params: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def main() -> tuple[int, Any]:
+        async with aiohttp.ClientSession(base_url=url) as s:
+            async with s.request(method, path, json=body, params=params) as r:
+                return r.status, await r.json()
+
+    return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _issues(answer: Any) -> dict[tuple[Any, ...], str]:
+    return {tuple(i["loc"]): i["type"] for i in answer["detail"]}
+
+
+@pytest.fixture(scope="module")
+def lenient_url() -> Any:
+    with LocalServer(client_config={"custom_loss_server_side": True}).in_thread() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def strict_url() -> Any:
+    from tinker_async.local._dialects import resolve_dialect
+
+    # The official routes (create_custom_loss included), with strict request models.
+    dialect = dataclasses.replace(resolve_dialect("official"), strict_fields=True)
+    with LocalServer(dialect=dialect,
+                     client_config={"custom_loss_server_side": True}).in_thread() as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("name", sorted(_BODY_ROUTES))
+def test_rest_bodies_name_the_wrong_field(name: str, lenient_url: str) -> None:
+    method, path, valid, field, wrong, kind = _BODY_ROUTES[name]
+    status, answer = _call(lenient_url, method, path, {**valid, field: wrong})
+    assert status == 422, answer
+    issue = next(i for i in answer["detail"] if i["loc"] == ["body", field])
+    assert issue["type"] == kind and issue["input"] == wrong and issue["msg"]
+    # Unknown fields are ignored outside the strict dialect (the request goes on).
+    status, answer = _call(lenient_url, method, path, {**valid, "surprise": 1})
+    assert status != 422, answer
+
+
+@pytest.mark.parametrize("name", sorted(_BODY_ROUTES))
+def test_strict_dialect_refuses_unknown_rest_fields(name: str, strict_url: str) -> None:
+    method, path, valid, *_ = _BODY_ROUTES[name]
+    status, answer = _call(strict_url, method, path, {**valid, "surprise": 1})
+    assert status == 422
+    assert _issues(answer) == {("body", "surprise"): "extra_forbidden"}
+
+
+def test_rest_bodies_keep_their_server_side_rules(lenient_url: str, strict_url: str) -> None:
+    def issues(body: Any, path: str, method: str = "POST", url: str = lenient_url) -> Any:
+        status, answer = _call(url, method, path, body)
+        assert status == 422, answer
+        return _issues(answer)
+
+    # Bounds the shared schema does not state.
+    assert issues({"source_path": _PATH, "model_seq_id": -1}, "/api/v1/copy_weights") == {
+        ("body", "model_seq_id"): "greater_than_equal"}
+    assert issues({**_LOSS, "custom_loss_seq_id": -1}, "/api/v1/create_custom_loss") == {
+        ("body", "custom_loss_seq_id"): "greater_than_equal"}
+    assert issues({"project_id": ""}, "/api/v1/sessions/nope/project", "PUT") == {
+        ("body", "project_id"): "string_too_short"}
+    # Required fields (null is a value: ttl_seconds=null removes the expiry).
+    assert issues({}, _CKPT + "/ttl", "PUT") == {("body", "ttl_seconds"): "missing"}
+    assert issues({}, "/api/v1/weights_info") == {("body", "tinker_path"): "missing"}
+    # Nested Structs: each wrong field, at its path; strict finds unknown ones at any depth.
+    search = {"owner": {"type": "user", "owner_urns": []},
+              "cursor": {"last_created_at": "2024-01-01T00:00:00", "last_session_id": "s"}}
+    assert issues(search, "/api/v1/sessions/search") == {
+        ("body", "owner", "owner_urns"): "too_short",
+        ("body", "cursor", "last_created_at"): "timezone_aware"}
+    loss = {**_LOSS, "inputs": [{"name": "logprobs", "rank": 3}]}
+    assert issues(loss, "/api/v1/create_custom_loss") == {
+        ("body", "inputs", 0, "rank"): "literal_error"}
+    nested = {"owner": {"type": "own", "surprise": 1}}
+    assert issues(nested, "/api/v1/sessions/search", url=strict_url) == {
+        ("body", "owner", "surprise"): "extra_forbidden"}
+
+
+#: (path, query, the parameter at fault, the error type) on the default dialect
+_BAD_QUERIES = [
+    ("/api/v1/training_runs", {"limit": "abc"}, "limit", "int_parsing"),
+    ("/api/v1/training_runs", {"limit": "1001"}, "limit", "less_than_equal"),
+    ("/api/v1/training_runs", {"all_users": "maybe"}, "all_users", "bool_parsing"),
+    ("/api/v1/training_runs/x", {"access_scope": "everyone"}, "access_scope", "literal_error"),
+    ("/api/v1/training_runs/x/checkpoints", {"offset": "-1"}, "offset", "greater_than_equal"),
+    ("/api/v1/checkpoints", {"limit": "0"}, "limit", "greater_than_equal"),
+    ("/api/v1/sessions", {"offset": "x"}, "offset", "int_parsing"),
+    ("/api/v1/sessions/x", {"access_scope": "mine"}, "access_scope", "literal_error"),
+    ("/api/v1/audit", {"event_type": "logins"}, "event_type", "literal_error"),
+    ("/api/v1/audit", {"day": "yesterday"}, "day", "date_parsing"),
+    ("/api/v1/billing/usage/events",
+     {"starting_on": "soon", "ending_before": "2024-01-02T00:00:00Z"},
+     "starting_on", "datetime_parsing"),
+    ("/api/v1/billing/usage/events", {"starting_on": "2024-01-01T00:00:00Z"},
+     "ending_before", "missing"),
+    ("/api/v1/billing/usage/events",
+     {"starting_on": "2024-01-01T00:00:00Z", "ending_before": "2024-01-02T00:00:00"},
+     "ending_before", "timezone_aware"),
+]
+
+
+@pytest.mark.parametrize(("path", "query", "name", "kind"), _BAD_QUERIES)
+def test_rest_queries_name_the_wrong_parameter(path: str, query: dict[str, str], name: str,
+                                               kind: str, lenient_url: str) -> None:
+    status, answer = _call(lenient_url, "GET", path, params=query)
+    assert status == 422, answer
+    assert _issues(answer) == {("query", name): kind}
+    assert answer["detail"][0]["msg"]
+
+
+def test_rest_queries_keep_their_defaults(lenient_url: str, strict_url: str) -> None:
+    for url in (lenient_url, strict_url):  # unknown parameters are ignored, strict or not
+        status, runs = _call(url, "GET", "/api/v1/training_runs", params={"surprise": "1"})
+        assert status == 200 and runs["cursor"]["limit"] == 20
+    status, runs = _call(lenient_url, "GET", "/api/v1/training_runs",
+                         params={"limit": "5", "offset": "2", "access_scope": "accessible",
+                                 "all_users": "true", "project_id": "p"})
+    assert status == 200 and (runs["cursor"]["limit"], runs["cursor"]["offset"]) == (5, 2)
+    status, checkpoints = _call(lenient_url, "GET", "/api/v1/checkpoints")
+    assert status == 200 and checkpoints["cursor"]["limit"] == 100
+    good = [("/api/v1/sessions", {"limit": "3"}), ("/api/v1/audit", {"day": "2024-01-01"}),
+            ("/api/v1/billing/usage/events", {"starting_on": "2024-01-01T00:00:00Z",
+                                              "ending_before": "2024-01-02T00:00:00+00:00"}),
+            ("/api/v1/billing/usage/checkpoints/current", {"project_id": "p"})]
+    for path, query in good:
+        assert _call(lenient_url, "GET", path, params=query)[0] == 200, path
+
+
+def test_tinkercloud_tokenizer_query_is_typed() -> None:
+    with LocalServer(dialect="tinkercloud").in_thread() as server:
+        status, answer = _call(server.url, "GET", "/api/v1/get_tokenizer")
+        assert status == 422 and _issues(answer) == {("query", "model_id"): "missing"}
+        status, _ = _call(server.url, "GET", "/api/v1/get_tokenizer",
+                          params={"model_id": "nope", "surprise": "1"})
+        assert status == 404
+
+
+def test_no_route_module_parses_by_hand() -> None:
+    from tinker_async.local import _validate
+
+    assert not hasattr(_validate, "Fields")
+    for module in sorted(_ROUTES.glob("*.py")):
+        assert "Fields(" not in module.read_text(), module.name
+
+
+def test_no_client_module_builds_a_body_by_hand() -> None:
+    # The client side of one schema: request bodies are Structs from types/ (through
+    # _requests where a server wants another shape), never dict literals. The one
+    # exception is auth/token's empty body, which has no fields to drift.
+    package = Path(__file__).parent.parent / "tinker_async"
+    for module in sorted(package.glob("*.py")):
+        source = module.read_text()
+        literal_bodies = re.findall(r"json=\{[^}]", source)
+        assert not literal_bodies, f"{module.name}: {literal_bodies}"
+        assert '"type": "' not in source or module.name in _TYPE_LITERAL_OK, module.name
+
+
+#: client modules that mention a wire ``"type": "..."`` for another reason than a body
+_TYPE_LITERAL_OK = {
+    "_byte_tokenizer.py",  # chat-message content parts, in a docstring
+    "_doctor.py",  # its probes are deliberately not valid requests
+}

@@ -198,11 +198,15 @@ def test_optim_step_wire_names() -> None:
             "beta2": 0.95,
             "eps": 1e-12,
             "weight_decay": 0.0,
-            "grad_clip_norm": 0.0,
+            # grad_clip_norm at 0 (no clipping) is left out: several servers'
+            # AdamParams predate it, some with extra="forbid".
         },
         "model_id": "m",
         "seq_id": 2,
     }
+    clipped = T.OptimStepRequest(
+        optim_params=T.AdamParams(learning_rate=1e-3, grad_clip_norm=1.0), model_id="m")
+    assert body(clipped)["adam_params"]["grad_clip_norm"] == 1.0
     dimuon = T.OptimStepRequest(optim_params=T.DimuonParams(learning_rate=0.02), model_id="m")  # type: ignore[arg-type]
     assert body(dimuon)["optimizer_params"] == {
         "type": "dimuon",
@@ -226,7 +230,12 @@ def test_request_tags_are_readable_and_always_sent() -> None:
     ) == {
         "target": {"type": "sampling_session", "sampling_session_id": "x", "cloned_sampler_id": 0},
         "prev_cursor": 0,
+        "retrieved_request_ids": [],  # sent even when empty, as the SDK sends it
     }
+    assert body(T.FutureRetrieveRequest(request_id="r")) == {
+        "request_id": "r", "allow_metadata_only": False}
+    finish = T.FinishSessionRequest(reason=T.ClientSessionFinishSuccess())
+    assert body(finish) == {"reason": {"type": "success"}, "detail": None}
 
 
 # --- responses ------------------------------------------------------------------------------

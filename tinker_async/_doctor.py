@@ -28,11 +28,13 @@ import aiohttp
 from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
 from .errors import APIError, TinkerError
 from .rest import RestClient
+from .types import ClientConfigRequest
 
 __all__ = ["DoctorReport", "Probe", "RoundTripStep", "diagnose"]
 
 _ANY_ERROR = frozenset(range(400, 600))
 _PROBE = "doctor-probe"
+_HANDSHAKE = ClientConfigRequest(sdk_version=PROTOCOL_SDK_VERSION)
 _BARE = {"not found", "method not allowed", "404: not found", "405: method not allowed"}
 
 
@@ -288,7 +290,7 @@ async def _handshake(p: _Prober, report: DoctorReport,
     """Send the handshake, then ask for the capabilities with the server's auth mode in
     place, noting whether the key was accepted; gives (config, dynamic_config, caps)."""
     t = p.transport
-    config = await p.api("POST", "client/config", {"sdk_version": PROTOCOL_SDK_VERSION})
+    config = await p.api("POST", "client/config", _HANDSHAKE)
     if config.status in (401, 403):
         report.auth = f"refused ({config.status}: {config.detail})"
     if config.ok and isinstance(config.data, dict):
@@ -299,7 +301,7 @@ async def _handshake(p: _Prober, report: DoctorReport,
                 await t.start_jwt_mode()
             except APIError as exc:
                 report.auth = f"refused (the JWT exchange failed: {exc})"
-    dynamic = await p.api("POST", "client/dynamic_config", {"sdk_version": PROTOCOL_SDK_VERSION})
+    dynamic = await p.api("POST", "client/dynamic_config", _HANDSHAKE)
     caps = await p.api("GET", "get_server_capabilities")
     if caps.status in (401, 403):
         report.auth = f"refused ({caps.status}: {caps.detail})"

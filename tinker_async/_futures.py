@@ -36,6 +36,7 @@ from urllib.parse import quote
 import msgspec
 
 from . import _budget
+from . import types as t
 from ._budget import Limit
 from ._config import PollTuning
 from ._loops import in_guest_run
@@ -162,11 +163,8 @@ class _SessionLongPoll:
     def __init__(self, poller: FuturePoller, sampling_session_id: str, clone_id: int) -> None:
         self.poller = poller
         self.sampling_session_id = sampling_session_id
-        self.target = {
-            "type": "sampling_session",
-            "sampling_session_id": sampling_session_id,
-            "cloned_sampler_id": clone_id,
-        }
+        self.target = t.SamplingSessionFuturesTarget(
+            sampling_session_id=sampling_session_id, cloned_sampler_id=clone_id)
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         #: when each waiter started (insertion order, so the first is the oldest)
         self.since: dict[str, float] = {}
@@ -217,8 +215,8 @@ class _SessionLongPoll:
             self._say_if_waiting_long(patience, last_answer)
             sent_ids = self.retrieved
             self.retrieved = []
-            body = {"target": self.target, "prev_cursor": self.cursor,
-                    "retrieved_request_ids": sent_ids}
+            body = t.FuturesRetrieveRequest(target=self.target, prev_cursor=self.cursor,
+                                            retrieved_request_ids=sent_ids)
             asked = time.monotonic()
             try:
                 resp = await transport.request(
@@ -308,8 +306,8 @@ class _SessionLongPoll:
             log.warning(
                 "%d sample(s) of sampling session %s (clone %s) still waiting, the oldest "
                 "for %.0f s; the server last answered %.1f s ago",
-                len(self.waiters), self.target["sampling_session_id"],
-                self.target["cloned_sampler_id"], oldest, now - last_answer)
+                len(self.waiters), self.target.sampling_session_id,
+                self.target.cloned_sampler_id, oldest, now - last_answer)
 
     def _take(self, data: Any) -> int:
         """Record one ``retrieve_futures`` answer: wake the waiters whose requests are done.
@@ -480,7 +478,7 @@ class FuturePoller:
             "X-Tinker-Request-Type": request_type,
             "Accept": PROTOBUF if protobuf else "application/json",
         }
-        body = {"request_id": request_id, "allow_metadata_only": False}
+        body = t.FutureRetrieveRequest(request_id=request_id)
         transport = self.transport
         endpoint = (f"retrieve_future/{quote(request_id, safe='')}"
                     if transport.dialect.future_id_in_path else "retrieve_future")
@@ -569,7 +567,8 @@ class FuturePoller:
             return
         try:
             await self.transport.request(
-                "POST", "cancel_future", json={"request_id": request_id}, timeout=30
+                "POST", "cancel_future", json=t.CancelFutureRequest(request_id=request_id),
+                timeout=30
             )
         except TinkerError as exc:  # a closed client, say: nothing more to do
             log.debug("cancel_future %s failed: %s", request_id, exc)

@@ -1,13 +1,14 @@
 """Request bodies from the request Structs, in the shape the server's dialect takes.
 
-The clients should build each request as its Struct from ``tinker_async.types`` (the one
-schema the embedded server also decodes) and hand the result of a function here to the
-transport as ``json=``. What differs by server is decided here, from the
+The clients build each request as its Struct from ``tinker_async.types`` (the one schema
+the embedded server also decodes into) and hand it to the transport as ``json=``, through
+a function here where the body differs by server. What differs is decided here, from the
 :class:`~tinker_async._dialect.Dialect`, so clients never branch on it:
 
 - **Default-valued optional fields** are left out for every server: the Structs encode
   with ``omit_defaults`` (``kind="snapshot"``, ``topk_sample_logprobs=0``,
-  ``record_stability_info=False``, an AdamW ``optimizer_config`` and every ``None``),
+  ``record_stability_info=False``, ``grad_clip_norm=0``, an AdamW ``optimizer_config``
+  and every ``None``),
   which strict servers (tuft: ``extra="forbid"`` models older than those fields) require
   and every tested server accepts (dialects.md, tolerance 2). Core values whose server
   defaults may differ (sampling and Adam hyperparameters, ``num_samples``, the LoRA
@@ -16,9 +17,9 @@ transport as ``json=``. What differs by server is decided here, from the
 - **tinkercloud** bodies: the sampler is also named ``model_id`` and prompt logprobs
   ``include_prompt_logprobs``; forward_backward takes ``data``/``loss_fn`` at the top.
 
-Nothing here does I/O; each function returns what to pass as ``json=`` (a Struct, or a
-dict where a server wants a shape no Struct field set gives), and :func:`encode` gives
-the bytes.
+Nothing here does I/O; each function returns the Struct to pass as ``json=``, and
+:func:`encode` gives the bytes. A new request field goes in its Struct (``types/``) and
+nowhere else; a new server's body shape goes here.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def create_session_body(request: t.CreateSessionRequest, dialect: Dialect) -> An
     so it is sent.
     """
     if dialect.session_request == "twinkle":
-        return {"metadata": request.user_metadata or {}}
+        return t.TwinkleCreateSessionRequest(metadata=request.user_metadata or {})
     return request
 
 

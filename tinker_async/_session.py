@@ -14,9 +14,10 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
-from . import _budget
+from . import _budget, _requests
+from . import types as t
 from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
 from ._loops import LoopLock, in_guest_run
 from ._transport import Transport
@@ -27,6 +28,11 @@ __all__ = ["Session"]
 log = logging.getLogger("tinker_async")
 
 FinishStatus = Literal["success", "errored", "interrupted"]
+_FINISH_REASONS: dict[FinishStatus, type[t.ClientSessionFinishReason]] = {
+    "success": t.ClientSessionFinishSuccess,
+    "errored": t.ClientSessionFinishErrored,
+    "interrupted": t.ClientSessionFinishInterrupted,
+}
 _UNHEALTHY_AFTER_S = 120.0
 #: after a 404, the server is asked whether it still knows the session at most this often
 _PROBE_EVERY_S = 1.0
@@ -89,7 +95,7 @@ class Session:
         if self.handshaken:
             return
         dialect = self.transport.dialect
-        body = {"sdk_version": PROTOCOL_SDK_VERSION}
+        body = t.ClientConfigRequest(sdk_version=PROTOCOL_SDK_VERSION)
         if dialect.client_config_route:
             try:
                 flags = (await self.transport.request("POST", "client/config", json=body)).json()
@@ -132,20 +138,16 @@ class Session:
         return self.id
 
     async def _create(self) -> str:
-        body: dict[str, Any] = {
-            "tags": self.tags,
-            "sdk_version": PROTOCOL_SDK_VERSION,
-            "type": "create_session",
-        }
-        # Always sent, as the official SDK does (``user_metadata or {}``): servers built on
-        # the 0.25-0.38 request models (tuft, for one) require the field.
-        body["user_metadata"] = self.user_metadata or {}
-        if self.project_id:
-            body["project_id"] = self.project_id
-        if self.display_name:
-            body["display_name"] = self.display_name
-        if self.transport.dialect.session_request == "twinkle":
-            body = {"metadata": self.user_metadata or {}}
+        request = t.CreateSessionRequest(
+            tags=self.tags,
+            # Always sent, as the official SDK does (``user_metadata or {}``): servers built
+            # on the 0.25-0.38 request models (tuft, for one) require the field.
+            user_metadata=self.user_metadata or {},
+            sdk_version=PROTOCOL_SDK_VERSION,
+            project_id=self.project_id or None,
+            display_name=self.display_name or None,
+        )
+        body = _requests.create_session_body(request, self.transport.dialect)
         data = (await self.transport.request("POST", "create_session", json=body)).json()
         for level, key in ((logging.INFO, "info_message"), (logging.WARNING, "warning_message"),
                            (logging.ERROR, "error_message")):
@@ -184,7 +186,7 @@ class Session:
             resp = await self.transport.request(
                 "POST",
                 "session_heartbeat",
-                json={"session_id": self.id, "type": "session_heartbeat"},
+                json=t.SessionHeartbeatRequest(session_id=self.id),
                 retry=NO_RETRY,
                 timeout=timeout,
                 ok_statuses=frozenset({410}),
@@ -257,7 +259,7 @@ class Session:
             await self.transport.request(
                 "POST",
                 f"sessions/{self.id}/finish",
-                json={"reason": {"type": status}, "detail": detail},
+                json=t.FinishSessionRequest(reason=_FINISH_REASONS[status](), detail=detail),
                 timeout=10,
             )
         except TinkerError as exc:  # also the closing transport's own ClientClosedError

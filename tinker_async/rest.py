@@ -421,7 +421,7 @@ class RestClient(_RestBase):
             )
         if ttl_seconds is not None and ttl_seconds > _TTL_MAX_S:
             raise InvalidRequestError(f"ttl_seconds {ttl_seconds} is over 10 years")
-        await self._call("PUT", _checkpoint(tinker_path)[1] + "/ttl", json={"ttl_seconds": ttl_seconds})
+        await self._call("PUT", _checkpoint(tinker_path)[1] + "/ttl", json=t.SetCheckpointTTLRequest(ttl_seconds=ttl_seconds))
 
     @homed
     async def get_external_weights_urls_async(self, tinker_path: str) -> t.ExternalWeightsUrlsResponse:
@@ -489,10 +489,10 @@ class RestClient(_RestBase):
         parse_checkpoint_path(tinker_path)
         if not self._transport.dialect.twinkle_weights_info:
             return await self._json(
-                "POST", "weights_info", t.WeightsInfoResponse, json={"tinker_path": tinker_path})
+                "POST", "weights_info", t.WeightsInfoResponse, json=t.WeightsInfoRequest(tinker_path=tinker_path))
         # Twinkle wraps the answer: {"weights_info": {...}}
         wrapped = await self._json(
-            "POST", "weights_info", _TwinkleWeightsInfo, json={"twinkle_path": tinker_path})
+            "POST", "weights_info", _TwinkleWeightsInfo, json=t.TwinkleWeightsInfoRequest(twinkle_path=tinker_path))
         return wrapped.weights_info
 
     @homed
@@ -516,9 +516,8 @@ class RestClient(_RestBase):
             raise InvalidRequestError(
                 "copy_weights needs destination_project_id (or TINKER_PROJECT_ID to be set)"
             )
-        body: dict[str, Any] = {"source_path": path, "destination_project_id": project}
-        if ttl_seconds is not None:
-            body["ttl_seconds"] = ttl_seconds
+        body = t.CopyWeightsRequest(source_path=path, destination_project_id=project,
+                                    ttl_seconds=ttl_seconds)
         headers = {"X-Tinker-Weights-Access-Token": weights_access_token} if weights_access_token else None
         result = await self._json("POST", "copy_weights", t.CopyWeightsResponse, json=body, headers=headers)
         return result.tinker_path
@@ -561,7 +560,7 @@ class RestClient(_RestBase):
         """Move a session into a project."""
         sid = _id("session_id", session_id)
         _id("project_id", project_id)
-        await self._call("PUT", f"sessions/{sid}/project", json={"project_id": project_id})
+        await self._call("PUT", f"sessions/{sid}/project", json=t.SetSessionProjectRequest(project_id=project_id))
 
     @homed
     async def export_session_trace_async(
@@ -608,7 +607,7 @@ class RestClient(_RestBase):
         if not isinstance(max_age_hours, (int, float)) or max_age_hours < 0:
             raise InvalidRequestError(f"max_age_hours must be a number >= 0, got {max_age_hours!r}")
         result = await self._json(
-            "POST", "cleanup_futures", t.CleanupFuturesResponse, json={"max_age_hours": max_age_hours}
+            "POST", "cleanup_futures", t.CleanupFuturesResponse, json=t.CleanupFuturesRequest(max_age_hours=max_age_hours)
         )
         return result.cleaned_count
 

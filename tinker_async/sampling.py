@@ -37,7 +37,9 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _argcheck, _budget, _otel, _proto, _sync
+import msgspec
+
+from . import _argcheck, _budget, _otel, _proto, _requests, _sync
 from . import types as t
 from ._admission import (
     AdaptiveLimiter,
@@ -116,6 +118,26 @@ async def _existing_session_client(
 
     return SamplingClient(family_of(holder), sampling_session_id, base_model=base_model,
                           model_path=model_path, record_stability_info=record_stability_info)
+
+
+def _accepted(resp: Response) -> tuple[str, Any]:
+    """The request id (and ``sample_sequence_ids``, if any) of an ``asample`` answer."""
+    data = resp.json()
+    request_id = data.get("request_id") if isinstance(data, dict) else None
+    if not isinstance(request_id, str):
+        raise APIResponseValidationError(f"asample answered without a request_id: {data!r}")
+    return request_id, data.get("sample_sequence_ids")
+
+
+def _attach_sequence_ids(result: t.SampleResponse, sequence_ids: Any) -> None:
+    """Write the ids a server sent beside the result into its sequences."""
+    if not sequence_ids:
+        return
+    if len(sequence_ids) != len(result.sequences):
+        raise APIError(f"{len(sequence_ids)} sequence ids for "
+                       f"{len(result.sequences)} sequences from the server")
+    for sequence, sequence_id in zip(result.sequences, sequence_ids, strict=True):
+        sequence.sequence_id = sequence_id
 
 
 def _decode_sample(resp: Response) -> t.SampleResponse:
@@ -311,8 +333,8 @@ class SamplingClient:
                 return
             data = (await transport.request(
                 "POST", "join_sampling_session",
-                json={"sampling_session_id": self.sampling_session_id,
-                      "type": "join_sampling_session"})).json()
+                json=t.JoinSamplingSessionRequest(
+                    sampling_session_id=self.sampling_session_id))).json()
             counter = data.get("client_counter") if isinstance(data, dict) else None
             if not isinstance(counter, int) or isinstance(counter, bool) or counter < 1:
                 raise APIError(f"join_sampling_session answered without a clone number: {data!r}")
@@ -346,7 +368,7 @@ class SamplingClient:
 
     # -- sampling -----------------------------------------------------------------------
 
-    def _body(
+    def _request(
         self,
         prompt: t.ModelInput,
         num_samples: int,
@@ -357,40 +379,24 @@ class SamplingClient:
         target_prompt_logprobs: t.TensorData | None,
         prompt_alt_tokens_k: int,
         prompt_logprobs_last_n: int | None,
-    ) -> dict[str, Any]:
-        # Sampling parameters are always sent in full (servers' defaults differ); optional
-        # features only when used, because strict servers reject default-valued extras.
-        sp: dict[str, Any] = {"temperature": params.temperature, "top_k": params.top_k,
-                              "top_p": params.top_p}
-        if params.max_tokens is not None:
-            sp["max_tokens"] = params.max_tokens
-        if params.seed is not None:
-            sp["seed"] = params.seed
-        if params.stop is not None:
-            sp["stop"] = params.stop
-        body: dict[str, Any] = {"num_samples": num_samples, "prompt": prompt,
-                                "sampling_params": sp, "type": "sample"}
-        if include_prompt_logprobs:
-            body["prompt_logprobs"] = True
-        if topk_prompt_logprobs:
-            body["topk_prompt_logprobs"] = topk_prompt_logprobs
-        if topk_sample_logprobs:
-            body["topk_sample_logprobs"] = topk_sample_logprobs
-        if target_prompt_logprobs is not None:
-            body["target_prompt_logprobs"] = target_prompt_logprobs
-        if prompt_alt_tokens_k:
-            body["prompt_alt_tokens_k"] = prompt_alt_tokens_k
-        if prompt_logprobs_last_n is not None:
-            body["prompt_logprobs_last_n"] = prompt_logprobs_last_n
-        if self._record_stability_info:
-            body["record_stability_info"] = True
-        body["sampling_session_id"] = self.sampling_session_id
-        if self._family.transport.dialect.tinkercloud_bodies:
-            # tinkercloud's documented request names the sampler ``model_id``; its
-            # servers (and the embedded one) also read ``sampling_session_id``.
-            body["model_id"] = self.sampling_session_id
-            body["include_prompt_logprobs"] = include_prompt_logprobs
-        return body
+    ) -> t.SampleRequest:
+        """The sample request in the shape this server takes (seq id written in later).
+
+        Sampling parameters are always sent in full (servers' defaults differ); optional
+        features only when used (the Struct leaves defaults out), because strict servers
+        reject default-valued extras."""
+        request = t.SampleRequest(
+            prompt=prompt, sampling_params=params, num_samples=num_samples,
+            sampling_session_id=self.sampling_session_id,
+            prompt_logprobs=True if include_prompt_logprobs else None,
+            topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs,
+            target_prompt_logprobs=target_prompt_logprobs,  # type: ignore[arg-type]
+            prompt_alt_tokens_k=prompt_alt_tokens_k,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
+            record_stability_info=True if self._record_stability_info else None,
+        )
+        return _requests.sample_body(request, self._family.transport.dialect)
 
     @homed
     async def sample_async(
@@ -421,19 +427,19 @@ class SamplingClient:
         self._family.check_open()
         if self._settled_pid != os.getpid():
             await self._settle_clone()
-        body = self._body(prompt, num_samples, sampling_params, include_prompt_logprobs,
-                          topk_prompt_logprobs, topk_sample_logprobs, target_prompt_logprobs,
-                          prompt_alt_tokens_k, prompt_logprobs_last_n)
+        request = self._request(prompt, num_samples, sampling_params, include_prompt_logprobs,
+                                topk_prompt_logprobs, topk_sample_logprobs,
+                                target_prompt_logprobs, prompt_alt_tokens_k,
+                                prompt_logprobs_last_n)
         seq, clone = self._take_seq()
-        body["seq_id"] = seq
-        response = await self._sample_admitted(body, clone)
+        response = await self._sample_admitted(msgspec.structs.replace(request, seq_id=seq), clone)
         if prompt_alt_tokens_k and response.prompt_alt_tokens is None:
             raise RuntimeError("the server ignored prompt_alt_tokens_k (it may predate it)")
         return response
 
     # -- admission control (see _admission and _sampling_target) -------------------------
 
-    async def _sample_admitted(self, body: dict[str, Any], clone: int) -> t.SampleResponse:
+    async def _sample_admitted(self, body: t.SampleRequest, clone: int) -> t.SampleResponse:
         """One sample under the target's admission control. A 429 gives the slot back;
         the call waits (Retry-After) and goes again at the head of the queue, with the
         same seq id and idempotency key, until it is served or its deadline runs out."""
@@ -554,7 +560,7 @@ class SamplingClient:
         target.paused(state, reason, None)
         return _Throttled(retry_after)
 
-    async def _submit(self, body: dict[str, Any], clone: int, headers: dict[str, str],
+    async def _submit(self, body: t.SampleRequest, clone: int, headers: dict[str, str],
                       target: SamplingTarget, limiter: Limiter, permit: Permit,
                       ) -> t.SampleResponse | _Throttled:
         self._family.check_open()
@@ -564,7 +570,7 @@ class SamplingClient:
                 return answer
         return await self._submit_and_wait(body, clone, headers, target, limiter, permit)
 
-    async def _sample_blocking(self, body: dict[str, Any], headers: dict[str, str],
+    async def _sample_blocking(self, body: t.SampleRequest, headers: dict[str, str],
                                target: SamplingTarget) -> t.SampleResponse | _Throttled | None:
         """A server's blocking ``POST sample`` (tinkercloud): the answer is the result.
         None if the server has no such route (then the future-based ``asample`` is used)."""
@@ -590,7 +596,7 @@ class SamplingClient:
             raise APIResponseValidationError(
                 f"The server's sample result cannot be decoded: {exc}") from exc
 
-    async def _submit_and_wait(self, body: dict[str, Any], clone: int, headers: dict[str, str],
+    async def _submit_and_wait(self, body: t.SampleRequest, clone: int, headers: dict[str, str],
                                target: SamplingTarget, limiter: Limiter, permit: Permit,
                                ) -> t.SampleResponse | _Throttled:
         family = self._family
@@ -607,11 +613,7 @@ class SamplingClient:
             if resp.status in _THROTTLE_STATUSES:
                 return self._throttled(resp, "asample", target)
             try:
-                data = resp.json()
-                request_id = data.get("request_id") if isinstance(data, dict) else None
-                if not isinstance(request_id, str):
-                    raise APIResponseValidationError(
-                        f"asample answered without a request_id: {data!r}")
+                request_id, sequence_ids = _accepted(resp)
             except APIResponseValidationError as exc:
                 # The server may have accepted it: the same seq id and idempotency key get
                 # the same answer again without a second sample.
@@ -625,7 +627,6 @@ class SamplingClient:
             limiter.signal(permit, Signal.ADMITTED)
             if target.state is not QueueState.ACTIVE:
                 target.active(self)
-            sequence_ids = data.get("sample_sequence_ids")
             try:
                 result = await family.poller.result(
                     request_id, "Sample", _decode_sample, protobuf=use_proto,
@@ -649,12 +650,7 @@ class SamplingClient:
                     _cancels.add(task)  # the loop keeps only a weak reference
                     task.add_done_callback(_cancels.discard)
                 raise
-            if sequence_ids:
-                if len(sequence_ids) != len(result.sequences):
-                    raise APIError(f"{len(sequence_ids)} sequence ids for "
-                                   f"{len(result.sequences)} sequences from the server")
-                for sequence, sequence_id in zip(result.sequences, sequence_ids, strict=True):
-                    sequence.sequence_id = sequence_id
+            _attach_sequence_ids(result, sequence_ids)
             return result
 
     @homed

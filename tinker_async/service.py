@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from . import _argcheck, _sync
 from . import custom_loss as _custom_loss
+from . import types as t
 from ._api_future import APIFuture
 from ._config import resolve_config
 from ._configure import deferred_credentials
@@ -41,7 +42,8 @@ from .rest import RestClient
 from .sampling import BackcompatSamplingClientFuture, SamplingClient, family_stats
 from .telemetry import Telemetry
 from .training import BackcompatTrainingClientFuture, TrainingClient
-from .types import CustomLossInputRank, GetInfoResponse, GetServerCapabilitiesResponse, _wire
+from .types import CustomLossInputRank, GetInfoResponse, GetServerCapabilitiesResponse
+from .types._optim import ADAMW_DEFAULT, unless_adamw
 from .types._paths import CONSOLE_BASE_URL
 
 __all__ = ["ServiceClient", "family_of", "join_session"]
@@ -189,7 +191,7 @@ class ServiceClient:
 
     async def _training_client(self, model_id: str, first_seq: int = 1) -> TrainingClient:
         resp = await self._family.transport.request(
-            "POST", "get_info", json={"model_id": model_id, "type": "get_info"})
+            "POST", "get_info", json=t.GetInfoRequest(model_id=model_id))
         return TrainingClient(self._family, model_id, resp.decode(GetInfoResponse), first_seq=first_seq)
 
     @homed
@@ -212,17 +214,15 @@ class ServiceClient:
         if not (train_mlp or train_attn or train_unembed):
             raise InvalidRequestError("at least one of train_mlp, train_attn, train_unembed must be True")
         session_id = await self._family.ensure_session()
-        lora: dict[str, Any] = {"rank": rank, "train_unembed": train_unembed,
-                                "train_mlp": train_mlp, "train_attn": train_attn}
-        if seed is not None:
-            lora["seed"] = seed
-        body: dict[str, Any] = {"session_id": session_id, "model_seq_id": self._family.next_model_seq(),
-                                "base_model": base_model, "lora_config": lora,
-                                "type": "create_model"}
-        if user_metadata:
-            body["user_metadata"] = dict(user_metadata)
-        if optimizer is not None and getattr(optimizer, "type", "adamw") != "adamw":
-            body["optimizer_config"] = _wire.to_builtins(optimizer)
+        body = t.CreateModelRequest(
+            session_id=session_id,
+            model_seq_id=self._family.next_model_seq(),
+            base_model=base_model,
+            user_metadata=dict(user_metadata) if user_metadata else None,
+            lora_config=t.LoraConfig(rank=rank, seed=seed, train_unembed=train_unembed,
+                                     train_mlp=train_mlp, train_attn=train_attn),
+            optimizer_config=ADAMW_DEFAULT if optimizer is None else optimizer,
+        )
         resp = await self._family.transport.request("POST", "create_model", json=body)
         result = await self._family.poll_json(resp.json(), "CreateModel")
         model_id = result.get("model_id") if isinstance(result, dict) else None
@@ -277,16 +277,13 @@ class ServiceClient:
         # The server reads the base model and LoRA settings from the checkpoint itself
         # (also one under another account, with weights_access_token): no lookup here.
         seq = self._family.next_model_seq()
-        body: dict[str, Any] = {"session_id": session_id, "model_seq_id": seq,
-                                "path": path, "optimizer": optimizer, "type": "load_weights"}
-        if base_model is not None:
-            body["base_model"] = base_model
-        if user_metadata:
-            body["user_metadata"] = dict(user_metadata)
-        if weights_access_token:
-            body["weights_access_token"] = weights_access_token
-        if optimizer_config is not None and getattr(optimizer_config, "type", "adamw") != "adamw":
-            body["optimizer_config"] = _wire.to_builtins(optimizer_config)
+        body = t.LoadWeightsRequest(
+            session_id=session_id, model_seq_id=seq, path=path, optimizer=optimizer,
+            base_model=base_model,
+            user_metadata=dict(user_metadata) if user_metadata else None,
+            weights_access_token=weights_access_token or None,
+            optimizer_config=unless_adamw(optimizer_config),
+        )
         try:
             promise = (await self._family.transport.request("POST", "load_weights", json=body)).json()
         except APIStatusError:
@@ -349,13 +346,11 @@ class ServiceClient:
         if model_path is not None:
             parse_checkpoint_path(model_path)
         session_id = await self._family.ensure_session()
-        body: dict[str, Any] = {"session_id": session_id,
-                                "sampling_session_seq_id": self._family.next_sampling_session_seq(),
-                                "type": "create_sampling_session"}
-        if base_model is not None:
-            body["base_model"] = base_model
-        if model_path is not None:
-            body["model_path"] = model_path
+        body = t.CreateSamplingSessionRequest(
+            session_id=session_id,
+            sampling_session_seq_id=self._family.next_sampling_session_seq(),
+            base_model=base_model, model_path=model_path,
+        )
         dialect = self._family.transport.dialect
         try:
             resp = await self._family.transport.request("POST", dialect.sampling_session_route, json=body)

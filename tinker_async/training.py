@@ -41,9 +41,10 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
+import msgspec
 import numpy as np
 
-from . import _argcheck, _chunking, _proto, _sync
+from . import _argcheck, _chunking, _proto, _requests, _sync
 from . import types as t
 from ._api_future import APIFuture, ClientFuture, forward_client_methods
 from ._family import Family
@@ -267,23 +268,13 @@ def _retrieve_exception(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _json_fb_body(
-    tinkercloud: bool, model_id: str, seq: int, data: list[t.Datum], loss_fn: str,
-    loss_fn_config: Mapping[str, float | str] | None, forward_only: bool, endpoint: str,
-) -> dict[str, Any]:
-    """A JSON forward/forward_backward body for ``endpoint``; a forward pass sent to
-    ``forward_backward`` (servers without ``/forward``) carries ``forward_only``."""
-    flag = {"forward_only": True} if forward_only and endpoint == "forward_backward" else {}
-    if tinkercloud:
-        body: dict[str, Any] = {"model_id": model_id, "data": data, "loss_fn": loss_fn, **flag}
-        if loss_fn_config:
-            body["loss_fn_config"] = dict(loss_fn_config)
-        return body
-    inner: dict[str, Any] = {"data": data, "loss_fn": loss_fn}
-    if loss_fn_config:
-        inner["loss_fn_config"] = dict(loss_fn_config)
-    key = "forward_input" if endpoint == "forward" else "forward_backward_input"
-    return {key: inner, "model_id": model_id, "seq_id": seq, "type": endpoint, **flag}
+def _checked_ttl(ttl_seconds: int | None) -> int | None:
+    """``ttl_seconds`` of a save, refused here unless None or a positive whole number."""
+    if ttl_seconds is not None and (
+            isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, numbers.Integral)
+            or ttl_seconds <= 0):
+        raise InvalidRequestError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
+    return ttl_seconds
 
 
 class _FwdBwdBatch:
@@ -368,26 +359,32 @@ class _FwdBwdBatch:
         turn.accepted += 1
         return request_id
 
+    def _request(self, i: int, seq: int) -> t.ForwardBackwardRequest | t.ForwardRequest:
+        """Chunk ``i`` as its request, with seq id ``seq``."""
+        chunk = t.ForwardBackwardInput(data=self.chunks[i].data, loss_fn=self.loss_fn,  # type: ignore[arg-type]
+                                       loss_fn_config=self.loss_fn_config)
+        if self.forward_only:
+            return t.ForwardRequest(forward_input=chunk, model_id=self.client.model_id, seq_id=seq)
+        return t.ForwardBackwardRequest(forward_backward_input=chunk,
+                                        model_id=self.client.model_id, seq_id=seq)
+
     async def _send_json(self, i: int, seq: int) -> str:
         transport = self.family.transport
         dialect = self.dialect
         endpoint = ("forward" if self.forward_only and dialect.separate_forward
                     else "forward_backward")
-
-        def body(forward_only: bool, endpoint: str) -> dict[str, Any]:
-            return _json_fb_body(dialect.tinkercloud_bodies, self.client.model_id, seq,
-                                 self.chunks[i].data, self.loss_fn, self.loss_fn_config,
-                                 forward_only, endpoint)
-
+        request = self._request(i, seq)
         try:
-            return await _admitted(transport, endpoint, json=body(self.forward_only, endpoint))
+            return await _admitted(transport, endpoint, json=_requests.forward_backward_json_body(
+                request, dialect, endpoint))
         except NotFoundError:
             if endpoint != "forward":
                 raise
         # No /forward here (nothing was applied): forward_backward can run a forward pass
         # alone; remember that once it worked.
         request_id = await _admitted(transport, "forward_backward",
-                                     json=body(True, "forward_backward"))
+                                     json=_requests.forward_backward_json_body(
+                                         request, dialect, "forward_backward"))
         dialect.lacks("separate_forward", "HTTP 404 at /forward")
         return request_id
 
@@ -462,7 +459,7 @@ class TrainingClient:
         gone, so save what you need first. Later calls of this client fail at once."""
         self._family.check_open()
         await self._family.transport.request(
-            "POST", "delete_model", json={"model_id": self.model_id})
+            "POST", "delete_model", json=t.DeleteModelRequest(model_id=self.model_id))
         self._seq.break_with(ClientClosedError(
             f"The model {self.model_id} was deleted (delete_model); make a new training "
             "client, e.g. from a checkpoint."))
@@ -473,7 +470,7 @@ class TrainingClient:
         self,
         ticket: int,
         endpoint: str,
-        build: Callable[[int], dict[str, Any]],
+        build: Callable[[int], msgspec.Struct],
         request_type: str,
         decode: Callable[[Response], Any],
     ) -> APIFuture[Any]:
@@ -645,20 +642,13 @@ class TrainingClient:
         if optim_params is not None and adam_params is not None:
             raise InvalidRequestError("pass optim_params or adam_params, not both")
         params = check_optim_params(optim_params if optim_params is not None else adam_params)
-        if isinstance(params, t.AdamParams):
-            step: dict[str, Any] = {
-                "learning_rate": params.learning_rate, "beta1": params.beta1,
-                "beta2": params.beta2, "eps": params.eps, "weight_decay": params.weight_decay}
-            if params.grad_clip_norm:
-                step["grad_clip_norm"] = params.grad_clip_norm
-            field = "adam_params"
-        else:  # other families go in optimizer_params, with their "type"
-            step, field = _wire.to_builtins(params), "optimizer_params"
+        # AdamW goes in adam_params, other families in optimizer_params.
+        request = (t.OptimStepRequest(model_id=self.model_id, optim_params=params)
+                   if isinstance(params, t.AdamParams) else
+                   t.OptimStepRequest(model_id=self.model_id, optimizer_params=params))
         ticket = self._seq.tickets(1)[0]
         return await self._submit(
-            ticket, "optim_step",
-            lambda seq: {"model_id": self.model_id, "seq_id": seq, field: step,
-                         "type": "optim_step"},
+            ticket, "optim_step", lambda seq: msgspec.structs.replace(request, seq_id=seq),
             "OptimStep", lambda r: r.decode(t.OptimStepResponse))
 
     @homed
@@ -670,12 +660,13 @@ class TrainingClient:
         user_metadata: Mapping[str, Any] | None = None,
     ) -> APIFuture[t.SaveWeightsResponse]:
         """Save weights and optimizer state as ``tinker://<run>/weights/<name>``."""
-        body = self._save_body(check_checkpoint_name(name), ttl_seconds, user_metadata)
-        if overwrite:
-            body["overwrite"] = True
+        request = t.SaveWeightsRequest(
+            model_id=self.model_id, path=check_checkpoint_name(name),
+            ttl_seconds=_checked_ttl(ttl_seconds), overwrite=overwrite,
+            user_metadata=dict(user_metadata) if user_metadata else None)
         ticket = self._seq.tickets(1)[0]
         return await self._submit(
-            ticket, "save_weights", lambda seq: {**body, "seq_id": seq, "type": "save_weights"},
+            ticket, "save_weights", lambda seq: msgspec.structs.replace(request, seq_id=seq),
             "SaveWeights", lambda r: r.decode(t.SaveWeightsResponse))
 
     @homed
@@ -683,11 +674,14 @@ class TrainingClient:
         self, name: str, ttl_seconds: int | None = None, user_metadata: Mapping[str, Any] | None = None
     ) -> APIFuture[t.SaveWeightsForSamplerResponse]:
         """Save sampler weights as ``tinker://<run>/sampler_weights/<name>``."""
-        body = self._save_body(check_checkpoint_name(name), ttl_seconds, user_metadata)
+        request = t.SaveWeightsForSamplerRequest(
+            model_id=self.model_id, path=check_checkpoint_name(name),
+            ttl_seconds=_checked_ttl(ttl_seconds),
+            user_metadata=dict(user_metadata) if user_metadata else None)
         ticket = self._seq.tickets(1)[0]
         return await self._submit(
             ticket, "save_weights_for_sampler",
-            lambda seq: {**body, "seq_id": seq, "type": "save_weights_for_sampler"},
+            lambda seq: msgspec.structs.replace(request, seq_id=seq),
             "SaveWeightsForSampler", lambda r: r.decode(t.SaveWeightsForSamplerResponse))
 
     @homed
@@ -696,38 +690,26 @@ class TrainingClient:
         age_encryption_recipients: Sequence[str] | None = None,
     ) -> APIFuture[t.SaveWeightsExternalResponse]:
         """Export the weights in HF/PEFT format as ``tinker://<run>/external_weights/<name>``."""
-        body = self._save_body(check_checkpoint_name(name), ttl_seconds, None)
-        if age_encryption_recipients:
-            if len(age_encryption_recipients) > 10:
-                raise InvalidRequestError("at most 10 age_encryption_recipients")
-            body["age_encryption_recipients"] = list(age_encryption_recipients)
+        path = check_checkpoint_name(name)
+        if age_encryption_recipients and len(age_encryption_recipients) > 10:
+            raise InvalidRequestError("at most 10 age_encryption_recipients")
+        request = t.SaveWeightsExternalRequest(
+            model_id=self.model_id, path=path, ttl_seconds=_checked_ttl(ttl_seconds),
+            age_encryption_recipients=list(age_encryption_recipients or ()) or None)
         ticket = self._seq.tickets(1)[0]
         return await self._submit(
             ticket, "save_weights_external",
-            lambda seq: {**body, "seq_id": seq, "type": "save_weights_external"},
+            lambda seq: msgspec.structs.replace(request, seq_id=seq),
             "SaveWeightsExternal", lambda r: r.decode(t.SaveWeightsExternalResponse))
-
-    def _save_body(
-        self, name: str, ttl_seconds: int | None, user_metadata: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"model_id": self.model_id, "path": name}
-        if ttl_seconds is not None:
-            if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, numbers.Integral) or ttl_seconds <= 0:
-                raise InvalidRequestError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
-            body["ttl_seconds"] = ttl_seconds
-        if user_metadata:
-            body["user_metadata"] = dict(user_metadata)
-        return body
 
     async def _load(self, path: str, optimizer: bool, token: str | None) -> APIFuture[t.LoadWeightsResponse]:
         require_training_checkpoint(
             path, "load_state_with_optimizer" if optimizer else "load_state")
-        body: dict[str, Any] = {"model_id": self.model_id, "path": path, "optimizer": optimizer,
-                                "type": "load_weights"}
-        if token:
-            body["weights_access_token"] = token
+        request = t.LoadWeightsRequest(model_id=self.model_id, path=path, optimizer=optimizer,
+                                       weights_access_token=token or None)
         ticket = self._seq.tickets(1)[0]
-        return await self._submit(ticket, "load_weights", lambda seq: {**body, "seq_id": seq},
+        return await self._submit(ticket, "load_weights",
+                                  lambda seq: msgspec.structs.replace(request, seq_id=seq),
                                   "LoadWeights", lambda r: r.decode(t.LoadWeightsResponse))
 
     @homed
@@ -765,12 +747,11 @@ class TrainingClient:
                 model_path=saved.path, base_model=self.get_base_model())
         ticket = self._seq.tickets(1)[0]
         sampling_seq = family.next_sampling_session_seq()
-        body: dict[str, Any] = {"model_id": self.model_id, "sampling_session_seq_id": sampling_seq,
-                                "type": "save_weights_for_sampler"}
-        if kind != "snapshot":
-            body["kind"] = kind
+        request = t.SaveWeightsForSamplerRequest(
+            model_id=self.model_id, sampling_session_seq_id=sampling_seq, kind=kind)
         future = await self._submit(
-            ticket, "save_weights_for_sampler", lambda seq: {**body, "seq_id": seq},
+            ticket, "save_weights_for_sampler",
+            lambda seq: msgspec.structs.replace(request, seq_id=seq),
             "SaveWeightsForSampler", lambda r: r.json())
         result = await future
         sampling_session_id = result.get("sampling_session_id") if isinstance(result, dict) else None

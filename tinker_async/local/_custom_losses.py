@@ -27,16 +27,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 from aiohttp import web
 
+from .. import types as t
 from . import _model
-from ._errors import bad_request, json_response
+from ._errors import ValidationIssue, bad_request, json_response
 from ._futures import FutureFailure
 from ._model import Adapter, ForwardBackwardResult, ModelDatum
 from ._models import TrainedModel
 from ._routing import ServerContext, context
-from ._validate import Fields, read_json_object
+from ._validate import at_least, finish, read_request
 
 __all__ = ["CustomLossStore", "create_custom_loss", "custom_loss_op"]
 
@@ -92,19 +94,15 @@ async def create_custom_loss(request: web.Request) -> web.Response:
             "This server runs custom losses client-side (custom_loss_server_side is off); "
             "start it with client_config={'custom_loss_server_side': True} to upload them"
         )
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    session_id = fields.text("session_id")
-    seq_id = fields.integer("custom_loss_seq_id", ge=0)
-    name = fields.text("name")
-    inputs: list[tuple[str, int]] = []
-    for item in fields.items("inputs") or []:
-        inputs.append((item.text("name"), item.integer("rank", ge=0, le=2)))
-    graph = fields.opt_mapping("graph")
-    if graph is None:
-        fields.add_issue("graph", "missing", "Field required", None)
-    fields.ignore("type")
-    fields.finish()
-    assert graph is not None
+    body = await read_request(request, t.CreateCustomLossRequest,
+                              strict=ctx.dialect.strict_fields)
+    issues: list[ValidationIssue] = []
+    at_least(issues, "custom_loss_seq_id", body.custom_loss_seq_id, 0)
+    finish(issues)
+    session_id, seq_id, name = body.session_id, body.custom_loss_seq_id, body.name
+    inputs: list[tuple[str, int]] = [(item.name, item.rank) for item in body.inputs]
+    # The graph checker works on plain JSON data.
+    graph: dict[str, Any] = msgspec.to_builtins(body.graph)
 
     ctx.state.live_session(session_id)
     losses = store(ctx)

@@ -11,46 +11,99 @@ field names.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email.utils
 import secrets
 import tarfile
 import time
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
+import msgspec
 from aiohttp import web
 
+from .. import types as t
 from ._auth import LOCAL_OWNER
-from ._errors import bad_request, json_response, no_content, not_found
+from ._errors import ValidationIssue, bad_request, json_response, no_content, not_found
 from ._render import cursor, iso, page, render_checkpoint, render_run, render_weights_info
 from ._routing import Route, ServerContext, context, route, surface_of
 from ._state import KIND_TO_TYPE, CheckpointRecord, SessionRecord, validate_ttl
-from ._validate import Fields, read_json_object
+from ._validate import (
+    at_least,
+    aware,
+    convert_query,
+    convert_request,
+    finish,
+    non_empty,
+    read_json_object,
+    read_request,
+)
 
 __all__ = ["ROUTES"]
 
-_ACCESS_SCOPES = ("owned", "accessible")
 _MAX_PAGE = 1000
 _URL_TTL_S = 3600.0
 _MAX_IDEMPOTENCY_ENTRIES = 10_000
-_AUDIT_EVENT_TYPES = ("all", "checkpoints", "projects", "teams", "organizations")
 _DEFAULT_PROJECT = "default"
 
 
+# ------------------------------------------------------------------------- query strings
+# One Struct per query string, converted by ``convert_query`` (422s at ``["query", name]``).
+# Unknown parameters are ignored. ``access_scope`` is checked but changes nothing: every
+# local record is the caller's.
+
+_Limit = Annotated[int, msgspec.Meta(ge=1, le=_MAX_PAGE)]
+_Offset = Annotated[int, msgspec.Meta(ge=0)]
+_AccessScope = Literal["owned", "accessible"]
+
+
+class _ScopeQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """``?access_scope`` of ``GET training_runs/{id}`` and ``GET sessions/{id}``."""
+
+    access_scope: _AccessScope | None = None
+
+
+class _SessionsQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """``GET sessions?limit&offset&access_scope``."""
+
+    limit: _Limit = 20
+    offset: _Offset = 0
+    access_scope: _AccessScope | None = None
+
+
+class _RunsQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """``GET training_runs?limit&offset&access_scope&project_id`` (Twinkle: ``all_users``)."""
+
+    limit: _Limit = 20
+    offset: _Offset = 0
+    access_scope: _AccessScope | None = None
+    project_id: str | None = None
+    all_users: bool = False
+
+
+class _RunCheckpointsQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """``GET training_runs/{id}/checkpoints[?limit&offset]`` (paged only if given)."""
+
+    limit: _Limit = _MAX_PAGE
+    offset: _Offset = 0
+
+
+class _UserCheckpointsQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """``GET checkpoints?limit&offset``."""
+
+    limit: _Limit = 100
+    offset: _Offset = 0
+
+
+class _AuditQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """``GET audit?event_type[&day]``."""
+
+    event_type: Literal["all", "checkpoints", "projects", "teams", "organizations"] = "all"
+    day: date | None = None
+
+
 # ------------------------------------------------------------------------------- helpers
-
-
-def _query(request: web.Request) -> Fields:
-    return Fields(request.query, "query", strict=False)
-
-
-def _page_params(fields: Fields, default_limit: int) -> tuple[int, int]:
-    limit = fields.integer("limit", default=default_limit, ge=1, le=_MAX_PAGE)
-    offset = fields.integer("offset", default=0, ge=0)
-    return limit, offset
 
 
 def _checkpoint_from_path(request: web.Request) -> CheckpointRecord:
@@ -77,13 +130,9 @@ def _string_map(values: dict[str, Any] | None) -> dict[str, str] | None:
 async def list_training_runs(request: web.Request) -> web.Response:
     """``GET training_runs?limit&offset&access_scope[&project_id]`` (Twinkle: ``all_users``)."""
     ctx, surface = context(request), surface_of(request)
-    fields = _query(request)
-    limit, offset = _page_params(fields, 20)
-    fields.opt_text("access_scope", choices=_ACCESS_SCOPES)
-    project_id = fields.opt_text("project_id")
-    fields.flag("all_users")
-    fields.finish()
-    runs = ctx.state.list_runs(project_id)
+    query = convert_query(request.query, _RunsQuery)
+    limit, offset = query.limit, query.offset
+    runs = ctx.state.list_runs(query.project_id)
     return json_response(
         {
             "training_runs": [render_run(r, ctx.state, surface) for r in page(runs, offset, limit)],
@@ -95,9 +144,7 @@ async def list_training_runs(request: web.Request) -> web.Response:
 async def get_training_run(request: web.Request) -> web.Response:
     """``GET training_runs/{run_id}?access_scope``."""
     ctx = context(request)
-    fields = _query(request)
-    fields.opt_text("access_scope", choices=_ACCESS_SCOPES)
-    fields.finish()
+    convert_query(request.query, _ScopeQuery)
     run = ctx.state.get_run(request.match_info["run_id"])
     return json_response(render_run(run, ctx.state, surface_of(request)))
 
@@ -111,10 +158,9 @@ async def list_run_checkpoints(request: web.Request) -> web.Response:
     Not paginated for the SDK; a ``limit`` or ``offset`` (Twinkle) pages and adds a cursor.
     """
     ctx, surface = context(request), surface_of(request)
-    fields = _query(request)
+    query = convert_query(request.query, _RunCheckpointsQuery)
     paged = "limit" in request.query or "offset" in request.query
-    limit, offset = _page_params(fields, _MAX_PAGE)
-    fields.finish()
+    limit, offset = query.limit, query.offset
     run = ctx.state.get_run(request.match_info["run_id"])
     checkpoints = ctx.state.list_checkpoints(run.training_run_id)
     shown = page(checkpoints, offset, limit) if paged else checkpoints
@@ -127,9 +173,8 @@ async def list_run_checkpoints(request: web.Request) -> web.Response:
 async def list_user_checkpoints(request: web.Request) -> web.Response:
     """``GET checkpoints?limit&offset``: every checkpoint of the user, newest first."""
     ctx, surface = context(request), surface_of(request)
-    fields = _query(request)
-    limit, offset = _page_params(fields, 100)
-    fields.finish()
+    query = convert_query(request.query, _UserCheckpointsQuery)
+    limit, offset = query.limit, query.offset
     checkpoints = ctx.state.list_user_checkpoints()
     shown = [
         render_checkpoint(c, surface, ctx.state.get_run(c.training_run_id))
@@ -159,12 +204,9 @@ async def publish_checkpoint(request: web.Request) -> web.Response:
 async def set_checkpoint_ttl(request: web.Request) -> web.Response:
     """``PUT .../checkpoints/{kind}/{name}/ttl {"ttl_seconds": n | null}`` (null: no expiry)."""
     ctx = context(request)
-    body = await read_json_object(request)
-    fields = Fields(body, strict=ctx.dialect.strict_fields)
-    ttl_seconds = fields.opt_integer("ttl_seconds")
-    if "ttl_seconds" not in body:
-        fields.add_issue("ttl_seconds", "missing", "Field required", None)
-    fields.finish()
+    body = await read_request(request, t.SetCheckpointTTLRequest,
+                              strict=ctx.dialect.strict_fields)
+    ttl_seconds = body.ttl_seconds
     validate_ttl(ttl_seconds)
     ckpt = _checkpoint_from_path(request)
     ctx.state.update_checkpoint(ckpt, ttl_seconds=ttl_seconds, clear_ttl=ttl_seconds is None)
@@ -224,15 +266,16 @@ async def checkpoint_path(request: web.Request) -> web.Response:
 
 
 async def weights_info(request: web.Request) -> web.Response:
-    """``POST weights_info`` with ``tinker_path``, ``path`` or ``twinkle_path``."""
+    """``POST weights_info`` with ``{"tinker_path"}``, or Twinkle's ``{"twinkle_path"}``
+    (on either surface: the body's field tells which)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    candidates = [fields.opt_text(name) for name in ("tinker_path", "twinkle_path", "path")]
-    given = [c for c in candidates if c is not None]
-    if not given:
-        fields.add_issue("tinker_path", "missing", "Field required", None)
-    fields.finish()
-    ckpt = ctx.state.checkpoint_by_path(given[0])
+    strict = ctx.dialect.strict_fields
+    obj = await read_json_object(request)
+    if "twinkle_path" in obj and "tinker_path" not in obj:
+        path = convert_request(obj, t.TwinkleWeightsInfoRequest, strict=strict).twinkle_path
+    else:
+        path = convert_request(obj, t.WeightsInfoRequest, strict=strict).tinker_path
+    ckpt = ctx.state.checkpoint_by_path(path)
     run = ctx.state.get_run(ckpt.training_run_id)
     return json_response(render_weights_info(run, ckpt, surface_of(request)))
 
@@ -240,14 +283,13 @@ async def weights_info(request: web.Request) -> web.Response:
 async def copy_weights(request: web.Request) -> web.Response:
     """``POST copy_weights``: a read-only run holding a copy (idempotent per key)."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    source_path = fields.text("source_path")
-    destination_project_id = fields.opt_text("destination_project_id")
-    session_id = fields.opt_text("session_id")
-    model_seq_id = fields.opt_integer("model_seq_id", ge=0)
-    ttl_seconds = fields.opt_integer("ttl_seconds")
-    fields.opt_text("weights_access_token")  # every local checkpoint is readable
-    fields.finish()
+    body = await read_request(request, t.CopyWeightsRequest, strict=ctx.dialect.strict_fields)
+    issues: list[ValidationIssue] = []
+    at_least(issues, "model_seq_id", body.model_seq_id, 0)
+    finish(issues)
+    # weights_access_token is not checked: every local checkpoint is readable.
+    source_path, destination_project_id = body.source_path, body.destination_project_id
+    session_id, model_seq_id, ttl_seconds = body.session_id, body.model_seq_id, body.ttl_seconds
 
     key = request.headers.get("X-Idempotency-Key")
     if key and key in ctx.idempotent_results:
@@ -284,20 +326,16 @@ def _remember(ctx: ServerContext, key: str, result: dict[str, Any]) -> None:
 async def list_sessions(request: web.Request) -> web.Response:
     """``GET sessions?limit&offset&access_scope`` -> ``{"sessions": [ids]}``, newest first."""
     ctx = context(request)
-    fields = _query(request)
-    limit, offset = _page_params(fields, 20)
-    fields.opt_text("access_scope", choices=_ACCESS_SCOPES)
-    fields.finish()
+    query = convert_query(request.query, _SessionsQuery)
     sessions = ctx.state.list_sessions()
-    return json_response({"sessions": [s.session_id for s in page(sessions, offset, limit)]})
+    shown = page(sessions, query.offset, query.limit)
+    return json_response({"sessions": [s.session_id for s in shown]})
 
 
 async def get_session(request: web.Request) -> web.Response:
     """``GET sessions/{session_id}?access_scope``."""
     ctx = context(request)
-    fields = _query(request)
-    fields.opt_text("access_scope", choices=_ACCESS_SCOPES)
-    fields.finish()
+    convert_query(request.query, _ScopeQuery)
     record = ctx.state.get_session(request.match_info["session_id"])
     body: dict[str, Any] = {
         "training_run_ids": list(record.training_run_ids),
@@ -313,10 +351,12 @@ async def get_session(request: web.Request) -> web.Response:
 async def assign_session_project(request: web.Request) -> web.Response:
     """``PUT sessions/{session_id}/project {"project_id"}``."""
     ctx = context(request)
-    fields = Fields(await read_json_object(request), strict=ctx.dialect.strict_fields)
-    project_id = fields.text("project_id", min_length=1)
-    fields.finish()
-    ctx.state.assign_project(request.match_info["session_id"], project_id)
+    body = await read_request(request, t.SetSessionProjectRequest,
+                              strict=ctx.dialect.strict_fields)
+    issues: list[ValidationIssue] = []
+    non_empty(issues, "project_id", body.project_id)
+    finish(issues)
+    ctx.state.assign_project(request.match_info["session_id"], body.project_id)
     return no_content()
 
 
@@ -355,115 +395,53 @@ def _session_summary(ctx: ServerContext, record: SessionRecord) -> dict[str, Any
     return summary
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        # Python 3.10's fromisoformat does not accept a trailing "Z".
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
-def _status_matches(record: SessionRecord, wanted: list[tuple[str, list[str] | None]]) -> bool:
+def _status_matches(record: SessionRecord, wanted: list[t.SessionStatusQuery]) -> bool:
     status = record.status()
-    for kind, reasons in wanted:
-        if status["type"] != kind:
+    for query in wanted:
+        if status["type"] != query.type:
             continue
-        if kind == "client_finished" and reasons is not None:
-            if status["reason"]["type"] in reasons:
+        if isinstance(query, t.ClientFinishedSessionStatusQuery) and query.reasons is not None:
+            if status["reason"]["type"] in query.reasons:
                 return True
             continue
         return True
     return False
 
 
-@dataclasses.dataclass
-class _SessionSearch:
-    """A ``sessions/search`` body, read and checked."""
-
-    session_id: str | None
-    project_ids: list[str] | None
-    metadata: dict[str, Any]
-    display_name: str | None
-    owner_type: str
-    owner_urns: list[str]
-    wanted: list[tuple[str, list[str] | None]] | None
-    limit: int
-    after: tuple[datetime, str] | None
-
-    def keep(self, record: SessionRecord) -> bool:
-        """Whether the session matches every filter given."""
-        if self.session_id is not None or self.display_name is not None:
-            by_id = self.session_id is not None and record.session_id == self.session_id
-            words = (self.display_name or "").lower().split()
-            name = (record.display_name or "").lower()
-            by_name = self.display_name is not None and all(w in name for w in words)
-            if not (by_id or by_name):
-                return False
-        if self.project_ids is not None and (
-                record.project_id or _DEFAULT_PROJECT) not in self.project_ids:
+def _search_keeps(search: t.SessionSearchRequest, record: SessionRecord) -> bool:
+    """Whether the session matches every filter of ``search``."""
+    if search.session_id is not None or search.display_name is not None:
+        by_id = search.session_id is not None and record.session_id == search.session_id
+        words = (search.display_name or "").lower().split()
+        name = (record.display_name or "").lower()
+        by_name = search.display_name is not None and all(w in name for w in words)
+        if not (by_id or by_name):
             return False
-        user_metadata = _string_map(record.user_metadata) or {}
-        if any(user_metadata.get(k) != v for k, v in self.metadata.items()):
-            return False
-        if self.owner_type == "user" and LOCAL_OWNER not in self.owner_urns:
-            return False
-        return self.wanted is None or _status_matches(record, self.wanted)
-
-
-def _read_session_search(fields: Fields) -> _SessionSearch:
-    """Read a ``sessions/search`` body, field by field in the order issues are reported."""
-    session_id = fields.opt_text("session_id")
-    project_ids = fields.opt_strings("project_ids")
-    metadata = fields.opt_mapping("user_metadata", str_values=True) or {}
-    display_name = fields.opt_text("display_name", min_length=1)
-    owner_type = "own"
-    owner_urns: list[str] = []
-    owner = fields.nested("owner", required=False)
-    if owner is not None:
-        owner_type = owner.text("type", default="own", choices=("own", "accessible", "user"))
-        owner_urns = owner.strings("owner_urns")
-    wanted: list[tuple[str, list[str] | None]] | None = None
-    status_items = fields.items("statuses")
-    if status_items is not None:
-        wanted = []
-        for item in status_items:
-            kind = item.text("type", choices=("active", "cancelled", "failed", "client_finished"))
-            wanted.append((kind, item.opt_strings("reasons")))
-    limit = fields.integer("limit", default=50, ge=1, le=200)
-    after = _read_session_cursor(fields)
-    fields.finish()
-    return _SessionSearch(session_id, project_ids, metadata, display_name, owner_type,
-                          owner_urns, wanted, limit, after)
-
-
-def _read_session_cursor(fields: Fields) -> tuple[datetime, str] | None:
-    """The ``cursor`` of a ``sessions/search`` body: page after this (created_at, id)."""
-    cursor_fields = fields.nested("cursor", required=False)
-    if cursor_fields is None:
-        return None
-    last_created = cursor_fields.text("last_created_at")
-    last_id = cursor_fields.text("last_session_id")
-    parsed = _parse_time(last_created)
-    if last_created and parsed is None:
-        cursor_fields.add_issue(
-            "last_created_at", "timezone_aware", "Input should have timezone info", last_created
-        )
-    return (parsed, last_id) if parsed is not None else None
+    if search.project_ids is not None and (
+            record.project_id or _DEFAULT_PROJECT) not in search.project_ids:
+        return False
+    user_metadata = _string_map(record.user_metadata) or {}
+    if any(user_metadata.get(k) != v for k, v in search.user_metadata.items()):
+        return False
+    owner = search.owner
+    if isinstance(owner, t.UserSearchOwner) and LOCAL_OWNER not in owner.owner_urns:
+        return False
+    return search.statuses is None or _status_matches(record, search.statuses)
 
 
 async def search_sessions(request: web.Request) -> web.Response:
     """``POST sessions/search``: filtered, newest first, paged by ``(created_at, id)`` cursor."""
     ctx = context(request)
-    search = _read_session_search(
-        Fields(await read_json_object(request), strict=ctx.dialect.strict_fields))
+    search = await read_request(request, t.SessionSearchRequest,
+                                strict=ctx.dialect.strict_fields)
 
     def sort_key(record: SessionRecord) -> tuple[datetime, str]:
         return (datetime.fromtimestamp(record.created_at, timezone.utc), record.session_id)
 
-    matches = [r for r in ctx.state.list_sessions() if search.keep(r)]
-    after, limit = search.after, search.limit
-    if after is not None:
+    matches = [r for r in ctx.state.list_sessions() if _search_keeps(search, r)]
+    limit = search.limit
+    if search.cursor is not None:
+        after = (search.cursor.last_created_at, search.cursor.last_session_id)
         matches = [r for r in matches if sort_key(r) < after]
     shown = matches[:limit]
     body: dict[str, Any] = {"sessions": [_session_summary(ctx, r) for r in shown]}
@@ -481,36 +459,26 @@ async def search_sessions(request: web.Request) -> web.Response:
 
 async def audit_log(request: web.Request) -> web.Response:
     """``GET audit?event_type[&day]``: no audit events are kept locally."""
-    fields = _query(request)
-    fields.text("event_type", default="all", choices=_AUDIT_EVENT_TYPES)
-    day = fields.opt_text("day")
-    if day is not None:
-        try:
-            date.fromisoformat(day)
-        except ValueError:
-            fields.add_issue(
-                "day", "date_from_datetime_parsing", "Input should be a valid date", day
-            )
-    fields.finish()
+    convert_query(request.query, _AuditQuery)
     return json_response({"entries": []})
 
 
 async def billing_usage_events(request: web.Request) -> web.Response:
-    """``GET billing/usage/events?starting_on&ending_before``: nothing is billed locally."""
-    fields = _query(request)
-    for name in ("starting_on", "ending_before"):
-        value = fields.text(name)
-        if value and _parse_time(value) is None:
-            fields.add_issue(name, "datetime_parsing", "Input should be a valid datetime", value)
-    fields.finish()
+    """``GET billing/usage/events?starting_on&ending_before``: nothing is billed locally.
+
+    Both times must carry a time zone (the SDK sends UTC, ``...Z``).
+    """
+    query = convert_query(request.query, t.GetBillingUsageRequest)
+    issues: list[ValidationIssue] = []
+    aware(issues, "starting_on", query.starting_on)
+    aware(issues, "ending_before", query.ending_before)
+    finish(issues)
     return json_response({"data": [], "sessions": {}})
 
 
 async def checkpoint_storage_usage(request: web.Request) -> web.Response:
     """``GET billing/usage/checkpoints/current[?project_id]``: no billable storage."""
-    fields = _query(request)
-    fields.opt_text("project_id")
-    fields.finish()
+    convert_query(request.query, t.GetCurrentCheckpointStorageUsageRequest)
     return json_response({"data": []})
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
 from .. import types as t
@@ -12,9 +13,15 @@ from ._models import registry
 from ._routing import Route, context, route
 from ._session_routes import create_sampling_session
 from ._tokenizer import SPECIAL_TOKENS, VOCAB_SIZE, ByteTokenizer
-from ._validate import Fields, read_request
+from ._validate import convert_query, read_request
 
 __all__ = ["ROUTES"]
+
+
+class _TokenizerQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """``GET get_tokenizer?model_id=`` (a query string: converted by ``convert_query``)."""
+
+    model_id: str
 
 
 async def delete_model(request: web.Request) -> web.Response:
@@ -30,9 +37,7 @@ async def delete_model(request: web.Request) -> web.Response:
 async def get_tokenizer(request: web.Request) -> web.Response:
     """``GET get_tokenizer?model_id=``: the tokenizer's configuration as JSON."""
     ctx = context(request)
-    fields = Fields(request.query, "query", strict=False)
-    model_id = fields.text("model_id")
-    fields.finish()
+    model_id = convert_query(request.query, _TokenizerQuery).model_id
     ctx.state.get_run(model_id)
     if registry(ctx).is_deleted(model_id):
         raise not_found(f"Model {model_id} was deleted")

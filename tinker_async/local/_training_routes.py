@@ -29,6 +29,7 @@ stay responsive while a model computes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -43,13 +44,12 @@ from ._errors import ApiError, ValidationIssue, bad_request, json_response, unpr
 from ._futures import FutureFailure
 from ._inputs import datum_from_sdk
 from ._ledger import TagHolder, applying, ledger_of, lr_tag
-from ._model import Adapter, ModelDatum, save_state
+from ._model import Adapter, BaseModel, ModelDatum, save_state
 from ._models import (
     ADAPTER_FILE,
     ARCH,
     MAX_LORA_RANK,
     TOKENIZER_ID,
-    ModelRegistry,
     SamplerSource,
     TrainedModel,
     external_export,
@@ -60,7 +60,7 @@ from ._models import (
 from ._outputs import forward_backward_json, forward_backward_proto
 from ._render import optimizer_config
 from ._routing import Route, ServerContext, context, route
-from ._state import validate_ttl
+from ._state import CheckpointRecord, RunRecord, validate_ttl
 from ._validate import at_least, decode_request, describe, finish, missing, read_request
 
 __all__ = ["ROUTES"]
@@ -634,80 +634,114 @@ async def _create_via_load(request: web.Request, body: t.LoadWeightsRequest) -> 
     """A new model ``{session_id}:train:{model_seq_id}`` made from a checkpoint.
 
     The load is the model's sequence 0, so its first training request (seq 1) waits for
-    the weights to be in place.
+    the weights to be in place. A retry (same ids or idempotency key) gets the first
+    request id.
     """
     ctx = context(request)
+    session_id, model_seq_id = _create_via_load_ids(ctx, body)
+    reg = registry(ctx)
+    ctx.state.live_session(session_id)
+    key = request.headers.get(_IDEMPOTENCY_HEADER)
+    earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
+    if isinstance(earlier, str):
+        return _future_answer(earlier, f"{session_id}:train:{model_seq_id}")
+    source = _load_source(ctx, body)
+    run = ctx.state.create_training_run(
+        session_id,
+        model_seq_id,
+        source.run.base_model,
+        lora_rank=source.run.lora_rank,
+        train_mlp=source.run.train_mlp,
+        train_attn=source.run.train_attn,
+        train_unembed=source.run.train_unembed,
+        user_metadata=body.user_metadata,
+        optimizer=source.family,
+    )
+    model = reg.add_model(run.training_run_id, source.base, None, next_seq=0)
+    request_id = _submit_first_load(ctx, session_id, model, source, body)
+    model.sequencer.record(0, key, request_id)
+    reg.remember_create(session_id, model_seq_id, request_id)
+    reg.remember_submit(key, request_id)
+    return _future_answer(request_id, run.training_run_id)
+
+
+def _create_via_load_ids(ctx: ServerContext, body: t.LoadWeightsRequest) -> tuple[str, int]:
+    """``(session_id, model_seq_id)`` of a create-via-load body, after its checks: the
+    dialect must offer it (400), and ``model_seq_id``, required in this addressing only,
+    must be there and not negative (422)."""
     if not ctx.dialect.create_via_load:
         raise bad_request(
             "load_weights needs model_id and seq_id: create the model with create_model, "
             "then load the checkpoint as its first request"
         )
     issues: list[ValidationIssue] = []
-    if body.model_seq_id is None:  # required in this addressing only
+    if body.model_seq_id is None:
         issues.append(missing("model_seq_id"))
     at_least(issues, "model_seq_id", body.model_seq_id, 0)
     _string_values(issues, "user_metadata", body.user_metadata)
     finish(issues)
-    session_id, base_model, user_metadata = body.session_id, body.base_model, body.user_metadata
-    model_seq_id: int = body.model_seq_id  # type: ignore[assignment]
-    path, optimizer = body.path, body.optimizer
-    assert session_id is not None
-    requested_type = body.optimizer_config.type if body.optimizer_config is not None else None
+    assert body.session_id is not None and body.model_seq_id is not None
+    return body.session_id, body.model_seq_id
 
-    reg: ModelRegistry = registry(ctx)
-    state = ctx.state
-    state.live_session(session_id)
-    key = request.headers.get(_IDEMPOTENCY_HEADER)
-    run_id = f"{session_id}:train:{model_seq_id}"
-    earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
-    if isinstance(earlier, str):
-        return _future_answer(earlier, run_id)
-    record = state.checkpoint_by_path(path)
-    source = state.get_run(record.training_run_id)
-    if base_model is not None and base_model != source.base_model:
+
+@dataclass(frozen=True)
+class _LoadSource:
+    """The checkpoint a new model is created from, and what the model takes from it."""
+
+    record: CheckpointRecord
+    run: RunRecord
+    """The run that saved the checkpoint (base model, LoRA rank and flags)."""
+    base: BaseModel
+    family: str
+    """The new model's optimizer family (requested, else the source run's)."""
+
+
+def _load_source(ctx: ServerContext, body: t.LoadWeightsRequest) -> _LoadSource:
+    """The checkpoint at ``body.path`` (404 if unknown), checked against the body: a
+    ``base_model`` must be the checkpoint's, and optimizer state loads only into a model
+    of the same optimizer family (400s)."""
+    record = ctx.state.checkpoint_by_path(body.path)
+    source = ctx.state.get_run(record.training_run_id)
+    if body.base_model is not None and body.base_model != source.base_model:
         raise bad_request(
-            f"base_model {base_model!r} does not match the checkpoint's base model "
+            f"base_model {body.base_model!r} does not match the checkpoint's base model "
             f"{source.base_model!r}"
         )
-    base = reg.base_model(source.base_model)
-    family = requested_type if requested_type is not None else source.optimizer
-    if optimizer and family != source.optimizer:
+    base = registry(ctx).base_model(source.base_model)
+    requested = body.optimizer_config.type if body.optimizer_config is not None else None
+    family = requested if requested is not None else source.optimizer
+    if body.optimizer and family != source.optimizer:
         raise bad_request(f"the checkpoint holds {source.optimizer} optimizer state; a "
                           f"{family} model can load its weights only (optimizer=false)")
-    run = state.create_training_run(
-        session_id,
-        model_seq_id,
-        source.base_model,
-        lora_rank=source.lora_rank,
-        train_mlp=source.train_mlp,
-        train_attn=source.train_attn,
-        train_unembed=source.train_unembed,
-        user_metadata=user_metadata,
-        optimizer=family,
-    )
-    model = reg.add_model(run.training_run_id, base, None, next_seq=0)
+    return _LoadSource(record, source, base, family)
+
+
+def _submit_first_load(ctx: ServerContext, session_id: str, model: TrainedModel,
+                       source: _LoadSource, body: t.LoadWeightsRequest) -> str:
+    """Submit the load as the new model's sequence 0; its request id.
+
+    A load that fails leaves ``model.load_error`` set, so later requests say why.
+    """
+    state, path, optimizer = ctx.state, body.path, body.optimizer
+    run_id = model.run_id
 
     def load() -> Any:
         try:
-            model.adapter = read_adapter(state, record, base, include_optimizer=optimizer,
-                                         optimizer=family)
+            model.adapter = read_adapter(state, source.record, source.base,
+                                         include_optimizer=optimizer, optimizer=source.family)
         except ValueError as exc:
             model.load_error = str(exc)
             raise
-        return {"model_id": run.training_run_id, "path": path, "type": "load_weights"}
+        return {"model_id": run_id, "path": path, "type": "load_weights"}
 
-    guarded = applying(ledger_of(ctx), run.training_run_id, 0, "LoadWeights",
-                       _as_user_error(load), lambda: path)
-    executor = reg.executor
+    guarded = applying(ledger_of(ctx), run_id, 0, "LoadWeights", _as_user_error(load),
+                       lambda: path)
+    executor = registry(ctx).executor
 
     async def work() -> Any:
         return await model.sequencer.run(0, guarded, executor=executor)
 
-    request_id = ctx.futures.submit(work, kind="LoadWeights", session_id=session_id)
-    model.sequencer.record(0, key, request_id)
-    reg.remember_create(session_id, model_seq_id, request_id)
-    reg.remember_submit(key, request_id)
-    return _future_answer(request_id, run.training_run_id)
+    return ctx.futures.submit(work, kind="LoadWeights", session_id=session_id)
 
 
 ROUTES: tuple[Route, ...] = (

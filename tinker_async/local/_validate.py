@@ -1,32 +1,35 @@
-"""Request bodies -> the request Structs of ``tinker_async.types``, with FastAPI-style errors.
+"""Request bodies and query strings -> Structs, with FastAPI-style errors.
 
-Every JSON body of the training, sampling, session and futures API is decoded with
-msgspec into the *same* Struct the client encodes (``decode_request``): there is one
-schema, in ``tinker_async.types``, and the server reads it rather than re-parsing each
-field by hand. What is left here is what a Struct cannot say by itself:
+Every JSON body the embedded server reads is decoded with msgspec into the *same* request
+Struct of ``tinker_async.types`` that the client encodes (``read_request`` /
+``decode_request`` / ``convert_request``): there is one schema, and the server reads it
+rather than parsing fields by hand. Query strings are converted the same way, with
+msgspec's lax mode parsing the strings (``convert_query``), into a small Struct per route
+(or the ``types`` Struct, where one exists). What is left here is what a Struct cannot say
+by itself:
 
 - **Error shape.** msgspec stops at the first problem and words it its own way; servers
   built on pydantic (the official one, tuft, FastAPI servers) answer 422 with a list of
   ``{"loc", "msg", "type", "input"}`` issues, one per wrong field. On failure (the slow
   path only) :func:`explain` re-checks each field against its Struct type with msgspec
   and turns msgspec's messages and paths into such issues. Invalid JSON is a 400.
-- **Unknown fields, per dialect.** The strict dialect rejects unknown fields (as servers
-  on ``extra="forbid"`` models do), the others ignore them. The Structs are shared with
-  the client, which must stay tolerant of responses, so ``forbid_unknown_fields`` cannot
-  be set on them; :func:`unknown_fields` walks the body against the Struct's schema
-  (``msgspec.inspect``) instead, nested Structs included.
-- **Server-side bounds** (:func:`at_least`). The official schema has no numeric bounds
-  (``seq_id=-1`` is a valid ``SampleRequest``); the server refuses such values with 422.
-- :class:`Fields`: the hand reader for what has no request Struct: query strings of the
-  REST routes (strings parsed into numbers and flags), the REST bodies, and
-  ``create_custom_loss`` (read in ``_custom_losses``, not a route module). See its
-  docstring.
+- **Unknown fields, per dialect.** The strict dialect rejects unknown body fields (as
+  servers on ``extra="forbid"`` models do), the others ignore them. The Structs are shared
+  with the client, which must stay tolerant of responses, so ``forbid_unknown_fields``
+  cannot be set on them; :func:`unknown_fields` walks the body against the Struct's
+  schema (``msgspec.inspect``) instead, nested Structs included. Unknown query
+  parameters are always ignored.
+- **Server-side bounds** (:func:`at_least`, :func:`non_empty`, :func:`aware`). The
+  official schema has no such bounds (``seq_id=-1`` is a valid ``SampleRequest``); the
+  server refuses such values with 422.
+- **Rules across fields** (:func:`missing`): a field required in one form of a request.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -37,13 +40,16 @@ from ..types._codec import convert
 from ._errors import ApiError, ValidationIssue, bad_request, unprocessable
 
 __all__ = [
-    "Fields",
     "at_least",
+    "aware",
+    "convert_query",
     "convert_request",
     "decode_request",
+    "describe",
     "explain",
     "finish",
     "missing",
+    "non_empty",
     "read_json_object",
     "read_request",
     "unknown_fields",
@@ -51,9 +57,6 @@ __all__ = [
 
 Where = Literal["body", "query", "path"]
 S = TypeVar("S")
-
-_TRUE_STRINGS = frozenset({"true", "1", "yes", "on"})
-_FALSE_STRINGS = frozenset({"false", "0", "no", "off"})
 
 
 # ------------------------------------------------------------------------ Struct decoding
@@ -125,6 +128,20 @@ def convert_request(obj: Any, cls: type[S], *, strict: bool, where: Where = "bod
     raise unprocessable(issues)
 
 
+def convert_query(query: Mapping[str, str], cls: type[S]) -> S:
+    """A query string converted into the Struct ``cls`` (422 on failure, ``loc`` ``query``).
+
+    msgspec's lax mode parses the strings (``"5"`` is an int, ``"true"`` a bool, ISO
+    dates and times). Unknown parameters are ignored; of a repeated one, the first counts.
+    """
+    obj = {key: query[key] for key in query}
+    try:
+        result: S = msgspec.convert(obj, cls, strict=False)
+        return result
+    except msgspec.ValidationError as exc:
+        raise unprocessable(explain(obj, cls, exc, ("query",), lax=True)) from None
+
+
 def at_least(issues: list[ValidationIssue], name: str, value: float | None,
              minimum: float, where: Where = "body") -> None:
     """Add a ``greater_than_equal`` issue when ``value`` (if given) is below ``minimum``.
@@ -136,6 +153,22 @@ def at_least(issues: list[ValidationIssue], name: str, value: float | None,
         issues.append(_issue((where, name), "greater_than_equal",
                              f"Input should be greater than or equal to {minimum}", value,
                              ge=minimum))
+
+
+def non_empty(issues: list[ValidationIssue], name: str, value: str | None,
+              where: Where = "body") -> None:
+    """Add a ``string_too_short`` issue when ``value`` (if given) is the empty string."""
+    if value is not None and not value:
+        issues.append(_issue((where, name), "string_too_short",
+                             "Expected `str` of length >= 1", value, min_length=1))
+
+
+def aware(issues: list[ValidationIssue], name: str, value: datetime | None,
+          where: Where = "query") -> None:
+    """Add a ``timezone_aware`` issue when ``value`` (if given) has no time zone."""
+    if value is not None and value.tzinfo is None:
+        issues.append(_issue((where, name), "timezone_aware",
+                             "Input should have timezone info", value.isoformat()))
 
 
 def missing(name: str, where: Where = "body") -> ValidationIssue:
@@ -174,26 +207,44 @@ def _split(exc: msgspec.ValidationError) -> tuple[str, tuple[str | int, ...]]:
     return message, tuple(parts)
 
 
-def _kind(message: str) -> tuple[str, str | None]:
-    """The pydantic error ``type`` of a msgspec message (and a field it names, if any)."""
+def _kind(message: str, *, lax: bool = False) -> tuple[str, str | None]:
+    """The pydantic error ``type`` of a msgspec message (and a field it names, if any).
+
+    ``lax``: the value was a string to parse (a query parameter), so a number or flag
+    that does not parse is pydantic's ``int_parsing`` / ``float_parsing`` /
+    ``bool_parsing`` rather than ``int_type`` (...).
+    """
     named = re.match(r"Object (missing required|contains unknown) field `([^`]*)`", message)
     if named:
         return ("missing" if named.group(1) == "missing required" else "extra_forbidden",
                 named.group(2))
     expected = _EXPECTED.match(message)
     if expected:
-        constraint = expected.group(2)
-        if "length" in constraint:
-            return ("string_too_short" if ">" in constraint else "string_too_long"), None
-        for sign, kind in ((">=", "greater_than_equal"), (">", "greater_than"),
-                           ("<=", "less_than_equal"), ("<", "less_than")):
-            if sign in constraint:
-                return kind, None
-        first = expected.group(1).split(" | ")[0]
-        return _BASE_KINDS.get(first, "type_error"), None
+        return _expected_kind(expected, lax), None
+    unparsed = re.match(r"Invalid RFC3339 encoded (date|datetime|time)\b", message)
+    if unparsed:
+        return f"{unparsed.group(1)}_parsing", None
     if message.startswith("Invalid value") or message.startswith("Invalid enum value"):
         return "literal_error", None
     return "value_error", None
+
+
+def _expected_kind(expected: re.Match[str], lax: bool) -> str:
+    """The pydantic error ``type`` of a msgspec ``Expected `...` ...`` message."""
+    first = expected.group(1).split(" | ")[0]
+    constraint, got = expected.group(2), expected.group(3)
+    if "timezone component" in constraint:
+        return "timezone_naive" if "without" in constraint else "timezone_aware"
+    if "length" in constraint:
+        prefix = "string_" if first == "str" else ""
+        return prefix + ("too_short" if ">" in constraint else "too_long")
+    for sign, kind in ((">=", "greater_than_equal"), (">", "greater_than"),
+                       ("<=", "less_than_equal"), ("<", "less_than")):
+        if sign in constraint:
+            return kind
+    if lax and got == "str" and first in ("int", "float", "bool"):
+        return f"{first}_parsing"
+    return _BASE_KINDS.get(first, "type_error")
 
 
 def _value_at(obj: Any, path: Iterable[str | int]) -> Any:
@@ -206,25 +257,25 @@ def _value_at(obj: Any, path: Iterable[str | int]) -> Any:
 
 
 def _from_error(obj: Any, exc: msgspec.ValidationError,
-                loc: tuple[str | int, ...]) -> ValidationIssue:
+                loc: tuple[str | int, ...], *, lax: bool = False) -> ValidationIssue:
     message, path = _split(exc)
-    kind, named = _kind(message)
+    kind, named = _kind(message, lax=lax)
     if named is not None:
         path = (*path, named)
     return _issue((*loc, *path), kind, message, _value_at(obj, path))
 
 
 def explain(obj: Any, cls: type[Any], exc: msgspec.ValidationError,
-            loc: tuple[str | int, ...]) -> list[ValidationIssue]:
+            loc: tuple[str | int, ...], *, lax: bool = False) -> list[ValidationIssue]:
     """Every field of ``obj`` that does not fit the Struct ``cls``, as 422 issues.
 
-    Each field is converted on its own with msgspec, so each wrong field gives its own
-    issue (msgspec alone reports the first). ``exc`` (the whole conversion's error) is
-    the answer when no single field is at fault (a rule across fields, in the Struct's
-    ``__post_init__``).
+    Each field is converted on its own with msgspec (in its lax mode if ``lax``, as query
+    strings are), so each wrong field gives its own issue (msgspec alone reports the
+    first). ``exc`` (the whole conversion's error) is the answer when no single field is
+    at fault (a rule across fields, in the Struct's ``__post_init__``).
     """
     if not isinstance(obj, dict):
-        return [_from_error(obj, exc, loc)]
+        return [_from_error(obj, exc, loc, lax=lax)]
     issues: list[ValidationIssue] = []
     config = cls.__struct_config__
     tag_field = config.tag_field
@@ -241,10 +292,14 @@ def explain(obj: Any, cls: type[Any], exc: msgspec.ValidationError,
             continue
         value = obj[info.encode_name]
         try:
-            convert(value, info.type)
+            if lax:
+                msgspec.convert(value, info.type, strict=False)
+            else:
+                convert(value, info.type)
         except msgspec.ValidationError as field_exc:
-            issues.append(_from_error(value, field_exc, (*loc, info.encode_name)))
-    return issues or [_from_error(obj, exc, loc)]
+            issues.append(_from_error(value, field_exc, (*loc, info.encode_name),
+                                      lax=lax))
+    return issues or [_from_error(obj, exc, loc, lax=lax)]
 
 
 def _schema(cls: Any) -> mi.Type:
@@ -308,17 +363,16 @@ def _walk(obj: Any, schema: mi.Type, loc: tuple[str | int, ...],
 # ------------------------------------------------------------------ plain JSON objects
 
 
-async def read_json_object(request: web.Request, *, allow_empty: bool = True) -> dict[str, Any]:
-    """The request body as a JSON object (for bodies without a request Struct).
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, for a route that looks at it before choosing
+    its Struct (``convert_request``), or that ignores it.
 
-    An empty body is ``{}`` when ``allow_empty`` (the SDK sends no body for some POSTs).
-    Unparseable JSON is a 400; valid JSON that is not an object is a 422, as FastAPI does.
+    An empty body is ``{}`` (the SDK sends no body for some POSTs). Unparseable JSON is a
+    400; valid JSON that is not an object is a 422, as FastAPI does.
     """
     raw = await request.read()
     if not raw.strip():
-        if allow_empty:
-            return {}
-        raise unprocessable([_issue(("body",), "missing", "Field required", None)])
+        return {}
     try:
         value = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
@@ -351,335 +405,3 @@ def describe(exc: ApiError) -> str:
         where = ".".join(str(p) for p in issue.get("loc", [])[1:]) or "body"
         parts.append(f"{where}: {issue.get('msg', 'invalid')}")
     return "Invalid request: " + "; ".join(parts)
-
-
-# --------------------------------------------------------------------- the hand reader
-
-
-class _Missing:
-    """Marks an absent field (distinct from an explicit JSON null)."""
-
-
-_MISSING = _Missing()
-
-
-class Fields:
-    """Reads typed fields from a mapping and collects validation issues.
-
-    Kept only for what has no request Struct to decode into: REST query strings (values
-    arrive as strings; ``limit``, ``offset``, flags...), the REST bodies in
-    ``_rest_routes`` (not converted yet), tinkercloud's ``get_tokenizer`` query, and
-    ``create_custom_loss`` (read in ``_custom_losses``, outside the route modules).
-
-    ``where`` is the first element of each issue's ``loc`` (``body``, ``query`` or ``path``).
-    Query values arrive as strings and are parsed; body values must already have the right
-    JSON type. In ``strict`` mode, fields the handler never read are reported as
-    ``extra_forbidden`` (as servers built on strict pydantic models do).
-    """
-
-    def __init__(
-        self,
-        source: Mapping[str, Any],
-        where: Where = "body",
-        *,
-        strict: bool = False,
-        _loc: tuple[str | int, ...] | None = None,
-        _issues: list[ValidationIssue] | None = None,
-    ) -> None:
-        self._source = source
-        self._parse_strings = where != "body"
-        self._strict = strict
-        self._loc: tuple[str | int, ...] = _loc if _loc is not None else (where,)
-        self._issues: list[ValidationIssue] = _issues if _issues is not None else []
-        self._seen: set[str] = set()
-        self._children: list[Fields] = []
-
-    # ----------------------------------------------------------------------------- helpers
-
-    def _fetch(self, name: str) -> Any:
-        self._seen.add(name)
-        return self._source.get(name, _MISSING)
-
-    def _add(self, name: str, kind: str, msg: str, value: Any, **ctx: Any) -> None:
-        self._issues.append(_issue((*self._loc, name), kind, msg, value, **ctx))
-
-    def _missing(self, name: str) -> None:
-        self._add(name, "missing", "Field required", None)
-
-    def _bounds(self, name: str, value: float, ge: float | None, le: float | None) -> None:
-        if ge is not None and value < ge:
-            self._add(
-                name,
-                "greater_than_equal",
-                f"Input should be greater than or equal to {ge}",
-                value,
-                ge=ge,
-            )
-        if le is not None and value > le:
-            self._add(
-                name, "less_than_equal", f"Input should be less than or equal to {le}", value, le=le
-            )
-
-    # ------------------------------------------------------------------------------ strings
-
-    def opt_text(
-        self, name: str, *, choices: Collection[str] | None = None, min_length: int | None = None
-    ) -> str | None:
-        """An optional string (absent or null is ``None``)."""
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            return None
-        if not isinstance(value, str):
-            self._add(name, "string_type", "Input should be a valid string", value)
-            return None
-        if min_length is not None and len(value) < min_length:
-            self._add(
-                name,
-                "string_too_short",
-                f"String should have at least {min_length} character{'s' if min_length != 1 else ''}",
-                value,
-                min_length=min_length,
-            )
-        if choices is not None and value not in choices:
-            expected = " or ".join(repr(c) for c in choices)
-            self._add(
-                name, "literal_error", f"Input should be {expected}", value, expected=expected
-            )
-        return value
-
-    def text(
-        self,
-        name: str,
-        *,
-        default: str | None = None,
-        choices: Collection[str] | None = None,
-        min_length: int | None = None,
-    ) -> str:
-        """A string; required unless ``default`` is given (then absent or null gives it)."""
-        raw = self._source.get(name, _MISSING)
-        if raw is _MISSING or raw is None:
-            self._seen.add(name)
-            if default is not None:
-                return default
-            if raw is _MISSING:
-                self._missing(name)
-            else:
-                self._add(name, "string_type", "Input should be a valid string", None)
-            return ""
-        return self.opt_text(name, choices=choices, min_length=min_length) or ""
-
-    # ------------------------------------------------------------------------------ numbers
-
-    def opt_integer(self, name: str, *, ge: int | None = None, le: int | None = None) -> int | None:
-        """An optional integer (absent or null is ``None``). Booleans are not integers."""
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            return None
-        if self._parse_strings and isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                self._add(
-                    name,
-                    "int_parsing",
-                    "Input should be a valid integer, unable to parse string as an integer",
-                    value,
-                )
-                return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            self._add(name, "int_type", "Input should be a valid integer", value)
-            return None
-        self._bounds(name, value, ge, le)
-        return value
-
-    def integer(
-        self, name: str, *, default: int | None = None, ge: int | None = None, le: int | None = None
-    ) -> int:
-        """An integer; required unless ``default`` is given (then absent or null gives it)."""
-        raw = self._source.get(name, _MISSING)
-        if raw is _MISSING or raw is None:
-            self._seen.add(name)
-            if default is not None:
-                return default
-            if raw is _MISSING:
-                self._missing(name)
-            else:
-                self._add(name, "int_type", "Input should be a valid integer", None)
-            return 0
-        value = self.opt_integer(name, ge=ge, le=le)
-        return value if value is not None else 0
-
-    def opt_number(
-        self, name: str, *, ge: float | None = None, le: float | None = None
-    ) -> float | None:
-        """An optional number (int or float; absent or null is ``None``)."""
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            return None
-        if self._parse_strings and isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                self._add(
-                    name,
-                    "float_parsing",
-                    "Input should be a valid number, unable to parse string as a number",
-                    value,
-                )
-                return None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            self._add(name, "float_type", "Input should be a valid number", value)
-            return None
-        self._bounds(name, float(value), ge, le)
-        return float(value)
-
-    # ------------------------------------------------------------------------------- others
-
-    def flag(self, name: str, *, default: bool = False) -> bool:
-        """A boolean with a default (absent or null gives the default)."""
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            return default
-        if self._parse_strings and isinstance(value, str):
-            lowered = value.strip().lower()
-            if lowered in _TRUE_STRINGS:
-                return True
-            if lowered in _FALSE_STRINGS:
-                return False
-            self._add(
-                name,
-                "bool_parsing",
-                "Input should be a valid boolean, unable to interpret input",
-                value,
-            )
-            return default
-        if not isinstance(value, bool):
-            self._add(name, "bool_type", "Input should be a valid boolean", value)
-            return default
-        return value
-
-    def opt_mapping(self, name: str, *, str_values: bool = False) -> dict[str, Any] | None:
-        """An optional JSON object; ``str_values`` also requires every value to be a string."""
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            return None
-        if not isinstance(value, dict):
-            self._add(name, "dict_type", "Input should be a valid dictionary", value)
-            return None
-        if str_values:
-            for key, item in value.items():
-                if not isinstance(item, str):
-                    self._issues.append(
-                        _issue(
-                            (*self._loc, name, key),
-                            "string_type",
-                            "Input should be a valid string",
-                            item,
-                        )
-                    )
-        return value
-
-    def strings(self, name: str) -> list[str]:
-        """A list of strings; absent or null is ``[]``."""
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            return []
-        if not isinstance(value, list):
-            self._add(name, "list_type", "Input should be a valid list", value)
-            return []
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                self._issues.append(
-                    _issue(
-                        (*self._loc, name, index),
-                        "string_type",
-                        "Input should be a valid string",
-                        item,
-                    )
-                )
-        return [item for item in value if isinstance(item, str)]
-
-    def opt_strings(self, name: str) -> list[str] | None:
-        """An optional list of strings (absent or null is ``None``)."""
-        if self._source.get(name) is None:
-            self._seen.add(name)
-            return None
-        return self.strings(name)
-
-    def items(self, name: str) -> list[Fields] | None:
-        """Readers over a list of objects (absent or null is ``None``)."""
-        values = self.opt_list(name)
-        if values is None:
-            return None
-        readers: list[Fields] = []
-        for index, value in enumerate(values):
-            if not isinstance(value, dict):
-                self._issues.append(
-                    _issue(
-                        (*self._loc, name, index),
-                        "dict_type",
-                        "Input should be a valid dictionary",
-                        value,
-                    )
-                )
-                continue
-            reader = Fields(
-                value, strict=self._strict, _loc=(*self._loc, name, index), _issues=self._issues
-            )
-            self._children.append(reader)
-            readers.append(reader)
-        return readers
-
-    def opt_list(self, name: str) -> list[Any] | None:
-        """An optional JSON array of anything."""
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            return None
-        if not isinstance(value, list):
-            self._add(name, "list_type", "Input should be a valid list", value)
-            return None
-        return value
-
-    def nested(self, name: str, *, required: bool = True) -> Fields | None:
-        """A reader over a nested object, sharing this reader's issue list.
-
-        Returns ``None`` when the field is absent (reported as missing if ``required``)
-        or not an object (reported).
-        """
-        value = self._fetch(name)
-        if value is _MISSING or value is None:
-            if required:
-                self._missing(name)
-            return None
-        if not isinstance(value, dict):
-            self._add(name, "dict_type", "Input should be a valid dictionary", value)
-            return None
-        child = Fields(value, strict=self._strict, _loc=(*self._loc, name), _issues=self._issues)
-        self._children.append(child)
-        return child
-
-    def ignore(self, *names: str) -> None:
-        """Mark fields as known without reading them (so strict mode accepts them)."""
-        self._seen.update(names)
-
-    def add_issue(self, name: str, kind: str, msg: str, value: Any) -> None:
-        """Report a handler-specific problem with one field (still a 422)."""
-        self._add(name, kind, msg, value)
-
-    # ------------------------------------------------------------------------------ finish
-
-    def _collect_extras(self) -> None:
-        for name, value in self._source.items():
-            if name not in self._seen:
-                self._add(name, "extra_forbidden", "Extra inputs are not permitted", value)
-        for child in self._children:
-            child._collect_extras()
-
-    def finish(self) -> None:
-        """Raise one 422 listing every problem found so far (and, when strict, extras)."""
-        if self._strict:
-            self._collect_extras()
-        if self._issues:
-            raise unprocessable(self._issues)

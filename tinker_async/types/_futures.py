@@ -59,7 +59,7 @@ class FutureRetrieveRequest(Model, kw_only=True, frozen=True):
     """Poll one future (``retrieve_future``)."""
 
     request_id: RequestID
-    allow_metadata_only: bool = False
+    allow_metadata_only: bool = keep(False)  # sent, as the SDK sends it
 
 
 class CancelFutureRequest(Model, kw_only=True, frozen=True):
@@ -140,7 +140,9 @@ class FuturesRetrieveRequest(Model, kw_only=True, frozen=True):
     target: SamplingSessionFuturesTarget
     prev_cursor: int = keep(0)
     timeout: float | None = None
-    retrieved_request_ids: list[str] = msgspec.field(default_factory=list)
+    # Sent even when empty, as the SDK sends it: msgspec leaves out an empty field whose
+    # factory is ``list`` itself, never one whose factory it cannot see through.
+    retrieved_request_ids: list[str] = msgspec.field(default_factory=lambda: [])
 
 
 class FutureFinished(Model, kw_only=True, frozen=True, tag="finished", tag_field="state"):

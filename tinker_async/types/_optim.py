@@ -25,7 +25,9 @@ __all__ = [
 
 
 class AdamParams(Model, kw_only=True, frozen=True, gc=False):
-    """AdamW step parameters (wire ``adam_params``); every value is always sent.
+    """AdamW step parameters (wire ``adam_params``). Every value is always sent except
+    ``grad_clip_norm`` at 0 (no clipping, every server's default): the AdamParams of
+    several Tinker-compatible servers predate the field, and some refuse unknown fields.
 
     Weight decay is decoupled; ``grad_clip_norm=0`` means no clipping.
     """
@@ -35,7 +37,7 @@ class AdamParams(Model, kw_only=True, frozen=True, gc=False):
     beta2: float = keep(0.95)
     eps: float = keep(1e-12)
     weight_decay: float = keep(0.0)
-    grad_clip_norm: float = keep(0.0)
+    grad_clip_norm: float = 0.0
 
 
 class DimuonParams(
@@ -76,6 +78,12 @@ ADAMW_DEFAULT = AdamOptimizerConfig()
 def normalized_optimizer_config(config: OptimizerConfig | None) -> OptimizerConfig | None:
     """``ADAMW_DEFAULT`` for any AdamW config (so it is left off the wire), else ``config``."""
     return ADAMW_DEFAULT if isinstance(config, AdamOptimizerConfig) else config
+
+
+def unless_adamw(config: OptimizerConfig | None) -> OptimizerConfig | None:
+    """``None`` for an AdamW config (or none), else ``config``: the value of an optional
+    ``optimizer_config`` that strict servers must not see unless it is another family."""
+    return None if config is None or isinstance(config, AdamOptimizerConfig) else config
 
 
 _NoneType = type(None)

@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 
 from ._base import Model
+from ._codec import keep
 
 __all__ = [
     "AccessibleSearchOwner",
@@ -150,7 +151,9 @@ class FinishSessionRequest(Model, kw_only=True, frozen=True):
     ``detail`` as an explicit null; there is no official request model)."""
 
     reason: ClientSessionFinishReason
-    detail: str | None = None
+    # Sent as null when there is none, as the SDK sends it (a default_factory default
+    # is never left out).
+    detail: str | None = keep(None)
 
 
 class SessionActive(Model, kw_only=True, frozen=True, tag="active", tag_field="type"):
