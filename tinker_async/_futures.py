@@ -117,6 +117,20 @@ class _Patience:
         return True
 
 
+_POLL_ANSWERS = frozenset({408, 410})
+"""Statuses a ``retrieve_future`` poll reads as answers: 408 not ready, 410 expired."""
+
+
+def _mark_iteration(headers: dict[str, str], iteration: int, submitted_at: float | None) -> None:
+    """The SDK's per-poll headers: the iteration, and on the first poll how long the
+    submit took to be accepted."""
+    headers["X-Tinker-Request-Iteration"] = str(iteration)
+    if iteration == 0 and submitted_at is not None:
+        headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{time.time() - submitted_at:.4f}"
+    else:
+        headers.pop("X-Tinker-Create-Promise-Roundtrip-Time", None)
+
+
 def _progress_limit(transport: Transport, last_answer: float, *waiting_for: object) -> Limit:
     """No answer for ``progress_timeout`` after ``last_answer``; ``waiting_for`` (what the
     message names) is formatted only if it runs out."""
@@ -474,31 +488,23 @@ class FuturePoller:
         submitted_at: float | None,
         on_queue_state: QueueStateObserver | None = None,
     ) -> T:
-        headers = {
-            "X-Tinker-Request-Type": request_type,
-            "Accept": PROTOBUF if protobuf else "application/json",
-        }
+        headers = {"X-Tinker-Request-Type": request_type,
+                   "Accept": PROTOBUF if protobuf else "application/json"}
         body = t.FutureRetrieveRequest(request_id=request_id)
         transport = self.transport
         endpoint = (f"retrieve_future/{quote(request_id, safe='')}"
                     if transport.dialect.future_id_in_path else "retrieve_future")
-        idle_wait = 0.01
-        iteration = 0
+        idle_wait, iteration, unreadable = 0.01, 0, 0
         slots = self._semaphore()
         waiting_since = last_answer = time.monotonic()
         patience = _Patience(transport)
-        unreadable = 0
         budget = _budget.current()
         while True:
             if patience.due(last_answer - waiting_since):
                 log.warning("%s: still waiting for %s %s after %.0f s; the server answers "
                             "that it is not ready yet", budget.what if budget else "a call",
                             request_type, request_id, last_answer - waiting_since)
-            headers["X-Tinker-Request-Iteration"] = str(iteration)
-            if iteration == 0 and submitted_at is not None:
-                headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{time.time() - submitted_at:.4f}"
-            else:
-                headers.pop("X-Tinker-Create-Promise-Roundtrip-Time", None)
+            _mark_iteration(headers, iteration, submitted_at)
             async with slots:
                 started = time.monotonic()
                 self.polls_sent += 1
@@ -506,7 +512,7 @@ class FuturePoller:
                     "POST", endpoint, json=body, headers=headers,
                     timeout=transport.config.poll_timeout,
                     retry=transport.config.polling.poll_retry,
-                    ok_statuses=frozenset({408, 410}), idempotency_key=False,
+                    ok_statuses=_POLL_ANSWERS, idempotency_key=False,
                     deadline=_progress_limit(transport, last_answer, request_type,
                                              request_id),
                 )
