@@ -352,7 +352,9 @@ def test_ctrl_c_stops_a_download_quietly_and_running_it_again_resumes(
         assert child.returncode == 130
         assert out == "" and err == ""  # quietly
         kept = part.stat().st_size  # what arrived before Ctrl-C is kept
-        assert 0 < kept <= 600_000
+        # Not "<= 600_000": on a loaded machine the stalled read can time out and its
+        # retry (a new range, stalled in turn) add bytes before the Ctrl-C lands.
+        assert 0 < kept < (source / WEIGHTS).stat().st_size
         proxy.release()
         fresh_server.clear_requests()
         again = subprocess.run([*args, "--base-url", proxy.url], env=env, text=True,
