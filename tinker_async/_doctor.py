@@ -27,7 +27,7 @@ import aiohttp
 
 from ._config import NO_RETRY, PROTOCOL_SDK_VERSION
 from .errors import APIError, TinkerError
-from .rest import RestClient
+from .rest import RestClient, transport_of
 from .types import ClientConfigRequest
 
 __all__ = ["DoctorReport", "Probe", "RoundTripStep", "diagnose"]
@@ -126,7 +126,7 @@ def _detail(data: Any, text: str) -> str:
 class _Prober:
     def __init__(self, rest: RestClient, timeout: float) -> None:
         self.rest = rest
-        self.transport = rest._transport
+        self.transport = transport_of(rest)
         self.timeout = timeout
         self.probes: list[Probe] = []
 
@@ -227,7 +227,7 @@ async def _diagnose(rest: RestClient, timeout: float, no_key: bool,
                     forced: str | None) -> DoctorReport:
     """Run the steps in order; each may end the report early (nothing there, key refused)."""
     p = _Prober(rest, timeout)
-    t = rest._transport
+    t = transport_of(rest)
     report = DoctorReport(base_url=t.config.base_url, reachable=False)
     if no_key:
         report.auth = "no API key given (pass --api-key): probes that need one may fail"
@@ -467,7 +467,7 @@ async def _round_trip(rest: RestClient, report: DoctorReport, model: str | None,
     from .service import ServiceClient
 
     steps: list[RoundTripStep] = []
-    config = rest._transport.config
+    config = transport_of(rest).config
     service = ServiceClient(base_url=config.base_url, api_key=config.api_key.get() or None,
                             dialect=dialect or report.use_dialect, tags=["doctor"],
                             timeout=max(timeout, 60.0), max_retries=1)

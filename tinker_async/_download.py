@@ -45,6 +45,7 @@ from .errors import APIError, ClientClosedError, InvalidRequestError, status_err
 from .paths import parse_checkpoint_path
 
 if TYPE_CHECKING:
+    from ._transport import Transport
     from .rest import RestClient
     from .service import ServiceClient
 
@@ -82,6 +83,12 @@ class DownloadError(APIError):
     """A checkpoint file could not be downloaded (after the retries), came back with the
     wrong size, or the checkpoint's file list was unsafe. Partial files are kept."""
 
+
+
+def _transport_of(rest: RestClient) -> Transport:
+    from .rest import transport_of  # rest imports this module: resolved at call time
+
+    return transport_of(rest)
 
 @dataclass(frozen=True)
 class DownloadedFile:
@@ -342,7 +349,7 @@ class _Fetcher:
 
     async def _attempt(self, name: str, part: Path, entry: dict[str, Any]) -> int:
         """One GET of ``name`` into ``part``, resuming from what it holds; the final size."""
-        if self.rest._transport.closed:
+        if _transport_of(self.rest).closed:
             raise ClientClosedError("The RestClient was closed during the download.")
         have = _size(part) or 0
         url, generation = await self.signer.url(name)
@@ -486,8 +493,8 @@ async def _fetch_export(
     targets = _destinations(dest, sorted(signer.urls))
     tracker = _Progress(progress, list(targets), await _size_hint(rest, path))
     limit = asyncio.Semaphore(max(1, parallel))
-    timeout = aiohttp.ClientTimeout(total=None, connect=rest._transport.config.connect_timeout,
-                                    sock_read=rest._transport.config.timeout)
+    timeout = aiohttp.ClientTimeout(total=None, connect=_transport_of(rest).config.connect_timeout,
+                                    sock_read=_transport_of(rest).config.timeout)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         fetcher = _Fetcher(rest, signer, state, tracker, retries, http)
 
@@ -508,7 +515,7 @@ def _service_for(rest: RestClient) -> ServiceClient:
     """A ServiceClient on the same server with the same settings, for the export."""
     from .service import ServiceClient
 
-    config = rest._transport.config
+    config = _transport_of(rest).config
     return ServiceClient(
         base_url=config.base_url,
         api_key=config.api_key.get() or None,

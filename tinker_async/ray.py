@@ -378,7 +378,7 @@ def _report_loop(ref: weakref.ref[RayLimiter], wake: threading.Event) -> None:
         limiter = ref()
         if limiter is None or limiter._pid != os.getpid():
             return
-        busy = limiter._in_flight or limiter._queued
+        busy = limiter.in_flight or limiter.queued
         del limiter
         wake.wait(SYNC_INTERVAL_S if busy else IDLE_SYNC_INTERVAL_S)
         gap = last + _MIN_SYNC_GAP_S - time.monotonic()

@@ -1111,3 +1111,10 @@ class AdminClient(_RestBase):
         return _sync.call(self, self.get_current_checkpoint_storage_usage_async(project_id))
     # --- END GENERATED SYNC FORMS ---
 
+
+
+def transport_of(rest: RestClient) -> Transport:
+    """The transport ``rest`` sends on: for the library's own tools built on a RestClient
+    (``doctor``, checkpoint downloads, the CLI), which need its configuration and raw
+    requests. Not public API."""
+    return rest._transport

@@ -45,7 +45,9 @@ def version(ctx: Context) -> int:
 async def health(ctx: Context) -> int:
     rest = ctx.rest()
     ok = await rest.health_check_async()
-    url = rest._transport.config.base_url
+    from ..rest import transport_of  # here: the CLI imports the library only when used
+
+    url = transport_of(rest).config.base_url
     ctx.say({"base_url": url, "healthy": ok}, "healthy" if ok else f"not answering: {url}")
     return 0 if ok else 1
 
