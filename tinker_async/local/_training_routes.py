@@ -50,6 +50,7 @@ from ._models import (
     ARCH,
     MAX_LORA_RANK,
     TOKENIZER_ID,
+    ModelRegistry,
     SamplerSource,
     TrainedModel,
     external_export,
@@ -161,6 +162,17 @@ def _future_answer(request_id: str, model_id: str | None = None) -> web.Response
     return json_response(body)
 
 
+def _earlier_create(
+    reg: ModelRegistry, key: str | None, session_id: str, model_seq_id: int
+) -> web.Response | None:
+    """The first answer again when this create (create_model, or create via load_weights)
+    is a retry: the same session and model seq id, or the same idempotency ``key``."""
+    earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
+    if isinstance(earlier, str):
+        return _future_answer(earlier, f"{session_id}:train:{model_seq_id}")
+    return None
+
+
 def _submit(
     request: web.Request,
     model_id: str,
@@ -247,9 +259,8 @@ async def create_model(request: web.Request) -> web.Response:
     reg = registry(ctx)
     ctx.state.live_session(session_id)
     key = request.headers.get(_IDEMPOTENCY_HEADER)
-    earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
-    if isinstance(earlier, str):
-        return _future_answer(earlier, f"{session_id}:train:{model_seq_id}")
+    if (earlier := _earlier_create(reg, key, session_id, model_seq_id)) is not None:
+        return earlier
     base = reg.base_model(base_model)
     if not 1 <= rank <= MAX_LORA_RANK:
         raise bad_request(f"LoRA rank must be between 1 and {MAX_LORA_RANK}, got {rank}")
@@ -642,9 +653,8 @@ async def _create_via_load(request: web.Request, body: t.LoadWeightsRequest) -> 
     reg = registry(ctx)
     ctx.state.live_session(session_id)
     key = request.headers.get(_IDEMPOTENCY_HEADER)
-    earlier = reg.creates.get((session_id, model_seq_id)) or (key and reg.submits.get(key))
-    if isinstance(earlier, str):
-        return _future_answer(earlier, f"{session_id}:train:{model_seq_id}")
+    if (earlier := _earlier_create(reg, key, session_id, model_seq_id)) is not None:
+        return earlier
     source = _load_source(ctx, body)
     run = ctx.state.create_training_run(
         session_id,
